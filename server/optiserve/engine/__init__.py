@@ -1,0 +1,1 @@
+"""The request pipeline and the domain types that cross the rpc boundary."""
