@@ -1,7 +1,8 @@
 """Pure-Python/numpy twin of the Cython module ``optiserve._batching``.
 
 Same functions, same results; selected with ``OPTISERVE_NO_EXTENSIONS=1`` or when the
-extension is not built. The tests run against both.
+extension is not built. The tests run against both. The twins favour being obviously
+correct over being fast: they are the reference the extension is checked against.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 Int64Array = npt.NDArray[np.int64]
+Int8Array = npt.NDArray[np.int8]
 
 
 def collate(
@@ -36,3 +38,78 @@ def collate(
             mask[row, start + j] = 1
             pos[row, start + j] = j
     return ids, mask, pos
+
+
+def filter_indices(row_ids: Int64Array, keep_ids: Int64Array) -> Int64Array:
+    """Row positions (ascending) of the rows whose id is in ``keep_ids``.
+
+    The gather index for ``CausalLMBatch.filter``: ids in ``keep_ids`` that are not rows are
+    ignored, duplicates in ``keep_ids`` count once.
+    """
+    keep = {int(k) for k in keep_ids}
+    return np.array([i for i, r in enumerate(row_ids) if int(r) in keep], dtype=np.int64)
+
+
+def concat_layout(widths: Int64Array, sizes: Int64Array) -> tuple[Int64Array, Int64Array, int]:
+    """Where each batch lands when batches are concatenated (the scatter plan).
+
+    Returns ``(row_starts, col_offsets, width)``: batch ``i`` fills rows
+    ``row_starts[i] : row_starts[i] + sizes[i]`` and, right-aligned in the common ``width``
+    (the largest), columns ``col_offsets[i]:``. ``row_starts`` has one extra final entry,
+    the total number of rows.
+    """
+    if len(widths) != len(sizes):
+        raise ValueError(f"widths and sizes differ in length: {len(widths)} != {len(sizes)}")
+    width = max([int(w) for w in widths] + [0])
+    starts = [0]
+    for size in sizes:
+        starts.append(starts[-1] + int(size))
+    offsets = [width - int(w) for w in widths]
+    return np.array(starts, dtype=np.int64), np.array(offsets, dtype=np.int64), width
+
+
+def finish_codes(
+    new_tokens: Int64Array, generated: Int64Array, max_new: Int64Array, eos_ids: Int64Array
+) -> Int8Array:
+    """Per row: 0 keep going, 1 the new token is an end-of-sequence id, 2 length reached.
+
+    ``generated`` counts tokens generated so far including ``new_tokens``; EOS wins over
+    length when both hold.
+    """
+    if not len(new_tokens) == len(generated) == len(max_new):
+        raise ValueError("new_tokens, generated and max_new must have the same length")
+    eos = {int(e) for e in eos_ids}
+    out = []
+    for token, count, limit in zip(new_tokens, generated, max_new, strict=True):
+        out.append(1 if int(token) in eos else 2 if count >= limit else 0)
+    return np.array(out, dtype=np.int8)
+
+
+def match_stop_ids(
+    tails: Int64Array,
+    tail_lens: Int64Array,
+    stop_tokens: Int64Array,
+    stop_offsets: Int64Array,
+    stop_rows: Int64Array,
+) -> Int64Array:
+    """For each row, the first stop sequence (over token ids) its tail ends with, else -1.
+
+    ``tails[r]`` holds row ``r``'s last generated tokens right-aligned, ``tail_lens[r]`` of
+    them valid. Stop sequence ``s`` is ``stop_tokens[stop_offsets[s]:stop_offsets[s + 1]]``
+    and belongs to row ``stop_rows[s]``. Empty stop sequences never match.
+    """
+    n_rows = tails.shape[0]
+    if len(tail_lens) != n_rows:
+        raise ValueError("tail_lens must have one entry per row of tails")
+    if len(stop_offsets) != len(stop_rows) + 1:
+        raise ValueError("stop_offsets must have one more entry than stop_rows")
+    out = [-1] * n_rows
+    for s, row in enumerate(int(r) for r in stop_rows):
+        if not 0 <= row < n_rows or out[row] >= 0:
+            continue
+        stop = [int(t) for t in stop_tokens[stop_offsets[s] : stop_offsets[s + 1]]]
+        valid = min(int(tail_lens[row]), tails.shape[1])
+        tail = [int(t) for t in tails[row, tails.shape[1] - valid :]] if valid else []
+        if stop and len(stop) <= len(tail) and tail[len(tail) - len(stop) :] == stop:
+            out[row] = s
+    return np.array(out, dtype=np.int64)

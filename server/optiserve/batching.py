@@ -1,7 +1,13 @@
 """Token bookkeeping for batching: the Cython extension, or its pure-Python twin.
 
 ``OPTISERVE_NO_EXTENSIONS=1`` selects the twin (``optiserve._batching_py``); so does a
-build without extensions. ``IMPLEMENTATION`` says which one is in use.
+build without extensions. ``IMPLEMENTATION`` says which one is in use. The functions:
+
+* :func:`collate` pads token lists into ids, attention mask and position ids;
+* :func:`filter_indices` is the gather index of ``CausalLMBatch.filter``;
+* :func:`concat_layout` is the scatter plan of ``CausalLMBatch.concatenate``;
+* :func:`finish_codes` flags rows that produced an end-of-sequence id or hit their length;
+* :func:`match_stop_ids` matches per-row stop sequences over token ids.
 """
 
 from __future__ import annotations
@@ -25,5 +31,16 @@ def _load() -> ModuleType:
 _impl = _load()
 IMPLEMENTATION = "cython" if _impl is not _batching_py else "python"
 collate = _impl.collate
+filter_indices = _impl.filter_indices
+concat_layout = _impl.concat_layout
+finish_codes = _impl.finish_codes
+match_stop_ids = _impl.match_stop_ids
 
-__all__ = ["IMPLEMENTATION", "collate"]
+__all__ = [
+    "IMPLEMENTATION",
+    "collate",
+    "concat_layout",
+    "filter_indices",
+    "finish_codes",
+    "match_stop_ids",
+]

@@ -1,0 +1,562 @@
+"""Continuous (iteration-level) batching for one local model.
+
+One :class:`Scheduler` per model owns a worker thread (never the asyncio event loop) that
+runs this loop::
+
+    while running:
+        drop cancelled and deadline-expired sequences (waiting and running)
+        admit waiting requests in FIFO order while max_batch_size / max_batch_tokens allow
+          (when idle, first wait up to max_wait_ms so a burst is prefilled together)
+        prefill the admitted ones and concatenate them into the running batch
+        decode one token for every running sequence
+        detokenize, match stop strings, deliver events, filter finished sequences
+
+Admission is strictly FIFO (the head of the queue is never overtaken), so no request
+starves: its wait is bounded by the work queued before it. A model exception in a step
+fails that step's sequences with :class:`~optiserve.errors.Unavailable` and the loop goes
+on. Tokens reach each asyncio consumer through ``loop.call_soon_threadsafe``, once per
+step per event loop.
+
+Events a :class:`SequenceHandle` yields, in order: zero or more :class:`TokenEvent`, then
+exactly one :class:`Completion`; or it raises the domain error that ended the sequence
+(:class:`~optiserve.errors.Unavailable`, :class:`~optiserve.errors.DeadlineExceeded`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from optiserve.engine.batch import CausalLMBatch, Generation, SequenceRequest, eos_token_ids
+from optiserve.engine.metrics import BoundMetrics, SchedulerMetrics
+from optiserve.engine.sampling import make_generator
+from optiserve.engine.scheduler_config import SchedulerConfig
+from optiserve.engine.text import IncrementalDetokenizer, StopMatcher
+from optiserve.engine.types import FinishReason, SamplingParams
+from optiserve.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    OptiserveError,
+    QueueFull,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+#: Prompt tokens that seed each sequence's detokenizer (for correct leading spaces).
+_PROMPT_TAIL = 4
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEvent:
+    """One generated token and the text it completes (``""`` while text is held back).
+
+    Text is detokenized incrementally and cut before any stop string; the token that ends
+    a sequence (EOS included) is delivered too, carrying any text released at the end.
+    """
+
+    token_id: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The last event of a sequence: why it ended, its token counts and timings (ms)."""
+
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    queued_ms: float
+    ttft_ms: float
+    total_ms: float
+
+
+SequenceEvent = TokenEvent | Completion
+
+
+class SequenceHandle:
+    """The consumer side of one submitted sequence: an async iterator of events.
+
+    ``async for event in handle`` yields :class:`TokenEvent` then one :class:`Completion`,
+    or raises the sequence's domain error. Iterate it on the event loop that submitted it.
+    Cancelling the awaiting task cancels the sequence too.
+    """
+
+    def __init__(self, seq_id: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.seq_id = seq_id
+        self._loop = loop
+        self._items: collections.deque[SequenceEvent | BaseException] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._finished = False
+        #: Read by the worker thread; set once, never cleared.
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Stop generating (idempotent): the sequence leaves the batch at the next step.
+
+        Events not yet consumed are dropped; iteration then ends without a Completion.
+        """
+        self.cancelled = True
+        self._finished = True
+        self._items.clear()
+        self._wake()
+
+    def __aiter__(self) -> SequenceHandle:
+        return self
+
+    async def __anext__(self) -> SequenceEvent:
+        while not self._items:
+            if self._finished:
+                raise StopAsyncIteration
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            except asyncio.CancelledError:
+                self.cancel()
+                raise
+            finally:
+                self._waiter = None
+        item = self._items.popleft()
+        if isinstance(item, BaseException):
+            self._finished = True
+            self._items.clear()
+            raise item
+        if isinstance(item, Completion):
+            self._finished = True
+        return item
+
+    def _push(self, items: list[SequenceEvent | BaseException]) -> None:
+        """Called on the handle's event loop with the events of one step."""
+        if self.cancelled:
+            return
+        self._items.extend(items)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class _Sequence:
+    """Worker-side state of one sequence."""
+
+    __slots__ = (
+        "admitted",
+        "deadline",
+        "detok",
+        "first_token",
+        "handle",
+        "last_token",
+        "request",
+        "stop",
+        "submitted",
+        "tokens",
+    )
+
+    def __init__(
+        self,
+        request: SequenceRequest,
+        handle: SequenceHandle,
+        deadline: float | None,
+        detok: IncrementalDetokenizer,
+    ) -> None:
+        self.request = request
+        self.handle = handle
+        self.deadline = deadline
+        self.detok = detok
+        self.stop = StopMatcher(request.params.stop)
+        self.submitted = time.monotonic()
+        self.admitted = 0.0
+        self.first_token = 0.0
+        self.last_token = 0.0
+        self.tokens = 0
+
+    @property
+    def reserved(self) -> int:
+        return len(self.request.prompt_ids) + self.request.max_new_tokens
+
+
+def _context_length(model: Any) -> int | None:
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+class Scheduler:
+    """Continuous batching for one model; see the module docstring for the loop.
+
+    ``model`` is a Hugging Face causal LM (eval mode), ``tokenizer`` its tokenizer. Call
+    :meth:`start` once, :meth:`submit` from the event loop, :meth:`stop` to shut down.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        config: SchedulerConfig,
+        metrics: SchedulerMetrics | None = None,
+        device: str = "cpu",
+        *,
+        name: str = "local",
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.device = device
+        self.name = name
+        self._metrics: BoundMetrics | None = metrics.bind(name) if metrics else None
+        self._eos = eos_token_ids(model, tokenizer)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self._pad_id = int(pad) if pad is not None else (self._eos[0] if self._eos else 0)
+        self.context_length = _context_length(model)
+        self._ids = itertools.count(1)
+        self._cond = threading.Condition()
+        self._waiting: collections.deque[_Sequence] = collections.deque()
+        self._running: dict[int, _Sequence] = {}
+        self._batch: CausalLMBatch | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._stopped = False
+        self._completion_rate = 0.0  # sequences/s, exponentially averaged
+        self._last_completion = 0.0
+        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[SequenceHandle, Any]]] = {}
+
+    # ------------------------------------------------------------------ public API
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        if self._thread is not None:
+            raise RuntimeError("scheduler already started")
+        self._thread = threading.Thread(
+            target=self._loop, name=f"optiserve-scheduler-{self.name}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop the worker; waiting and running sequences fail with Unavailable."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._cond:
+            self._stopped = True
+            doomed = list(self._waiting) + list(self._running.values())
+            self._waiting.clear()
+            self._running.clear()
+            self._batch = None
+        error = Unavailable(f"model {self.name!r} is shutting down; retry on another replica")
+        for seq in doomed:
+            self._post(seq.handle, error)
+        self._flush()
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for admission."""
+        return len(self._waiting)
+
+    @property
+    def running_count(self) -> int:
+        """Sequences in the running batch."""
+        return len(self._running)
+
+    def submit(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        deadline: float | None = None,
+        stop_token_ids: tuple[tuple[int, ...], ...] = (),
+    ) -> SequenceHandle:
+        """Queue a sequence; call from the event loop that will iterate the handle.
+
+        ``params.max_new_tokens`` must be resolved; ``deadline`` is on the
+        ``time.monotonic()`` clock. Raises InvalidRequest for prompts that cannot fit,
+        QueueFull (with ``retry_after_s``) when the waiting queue is full, and Unavailable
+        when the scheduler is not running.
+        """
+        loop = asyncio.get_running_loop()
+        max_new = params.max_new_tokens
+        if max_new is None or max_new < 1:
+            raise InvalidRequest(f"max_new_tokens must be a positive integer, got {max_new}")
+        if not prompt_ids:
+            raise InvalidRequest("the prompt is empty; send at least one token")
+        total = len(prompt_ids) + max_new
+        if total > self.config.max_batch_tokens:
+            raise InvalidRequest(
+                f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new}) = {total} "
+                f"exceeds max_batch_tokens ({self.config.max_batch_tokens}) of model "
+                f"{self.name!r}; shorten the prompt or lower max_new_tokens"
+            )
+        if self.context_length is not None and total > self.context_length:
+            raise InvalidRequest(
+                f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new}) = {total} "
+                f"exceeds the context length ({self.context_length}) of model {self.name!r}; "
+                "shorten the prompt or lower max_new_tokens"
+            )
+        seq_id = next(self._ids)
+        handle = SequenceHandle(seq_id, loop)
+        generator = None if params.greedy else make_generator(params, self.device)
+        request = SequenceRequest(seq_id, list(prompt_ids), params, generator, stop_token_ids)
+        detok = IncrementalDetokenizer(self.tokenizer, list(prompt_ids[-_PROMPT_TAIL:]))
+        with self._cond:
+            if self._stopping or self._thread is None:
+                raise Unavailable(f"model {self.name!r} is not running; retry shortly")
+            if len(self._waiting) >= self.config.max_queue:
+                hint = self._retry_hint()
+                raise QueueFull(
+                    f"model {self.name!r} has {len(self._waiting)} requests waiting (limit "
+                    f"{self.config.max_queue}); retry after {hint:.2f}s",
+                    retry_after_s=hint,
+                )
+            self._waiting.append(_Sequence(request, handle, deadline, detok))
+            depth = len(self._waiting)
+            self._cond.notify()
+        if self._metrics:
+            self._metrics.queue_depth.set(depth)
+        return handle
+
+    # ------------------------------------------------------------------ worker loop
+
+    def _retry_hint(self) -> float:
+        """Seconds until the queue likely has room, from the measured completion rate."""
+        if self._completion_rate <= 0:
+            return 1.0
+        return min(60.0, max(0.05, len(self._waiting) / self._completion_rate))
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self._waiting and not self._running:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                if not self._running and self.config.max_wait_ms > 0:
+                    self._gather()
+                if self._stopping:
+                    return
+            try:
+                self._step()
+            except Exception:  # a bug in the loop itself: fail everyone, keep serving
+                log.exception("scheduler step crashed", extra={"model": self.name})
+                self._fail(list(self._running.values()), "the scheduler hit an internal error")
+                self._running.clear()
+                self._batch = None
+            self._flush()
+
+    def _gather(self) -> None:
+        """Idle: wait up to max_wait_ms after the oldest arrival for a burst (lock held)."""
+        until = self._waiting[0].submitted + self.config.max_wait_ms / 1000.0
+        while len(self._waiting) < self.config.max_batch_size and not self._stopping:
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        self._evict(now)
+        admitted = self._admit(now)
+        if admitted:
+            self._prefill(admitted)
+        if self._batch is not None:
+            self._decode()
+        if self._metrics:
+            self._metrics.queue_depth.set(len(self._waiting))
+            self._metrics.running.set(len(self._running))
+
+    def _evict(self, now: float) -> None:
+        """Drop cancelled and expired sequences from the queue and the running batch."""
+        with self._cond:
+            kept: collections.deque[_Sequence] = collections.deque()
+            for seq in self._waiting:
+                if seq.handle.cancelled:
+                    continue
+                if seq.deadline is not None and now >= seq.deadline:
+                    self._post(seq.handle, self._deadline_error(seq))
+                    continue
+                kept.append(seq)
+            self._waiting = kept
+        gone = []
+        for seq in self._running.values():
+            if seq.handle.cancelled:
+                gone.append(seq)
+            elif seq.deadline is not None and now >= seq.deadline:
+                self._post(seq.handle, self._deadline_error(seq))
+                gone.append(seq)
+        if gone:
+            for seq in gone:
+                del self._running[seq.request.seq_id]
+            self._filter()
+
+    def _deadline_error(self, seq: _Sequence) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"the deadline passed after {seq.tokens} generated tokens on model "
+            f"{self.name!r}; allow more time or request fewer tokens"
+        )
+
+    def _admit(self, now: float) -> list[_Sequence]:
+        """Pop waiting sequences in FIFO order while the batch limits allow."""
+        budget = self.config.max_batch_tokens - sum(s.reserved for s in self._running.values())
+        room = self.config.max_batch_size - len(self._running)
+        admitted: list[_Sequence] = []
+        with self._cond:
+            while self._waiting and room > 0 and self._waiting[0].reserved <= budget:
+                seq = self._waiting.popleft()
+                budget -= seq.reserved
+                room -= 1
+                seq.admitted = now
+                admitted.append(seq)
+        if self._metrics:
+            for seq in admitted:
+                self._metrics.queue_wait.observe(now - seq.submitted)
+        return admitted
+
+    def _prefill(self, admitted: list[_Sequence]) -> None:
+        try:
+            batch = CausalLMBatch.from_requests(
+                [s.request for s in admitted], self._pad_id, self._eos, self.device
+            )
+            gens = batch.prefill(self.model)
+        except Exception as exc:
+            self._step_failed("prefill", exc, admitted)
+            return
+        for seq in admitted:
+            self._running[seq.request.seq_id] = seq
+        keep = self._emit(gens)
+        new = batch.filter(keep)
+        if new is None:
+            return
+        try:
+            self._batch = (
+                new if self._batch is None else CausalLMBatch.concatenate([self._batch, new])
+            )
+        except Exception as exc:
+            self._step_failed("batch merge", exc, list(self._running.values()))
+
+    def _decode(self) -> None:
+        assert self._batch is not None
+        started = time.perf_counter()
+        try:
+            gens = self._batch.decode(self.model)
+        except Exception as exc:
+            self._step_failed("decode", exc, list(self._running.values()))
+            return
+        if self._metrics:
+            elapsed = time.perf_counter() - started
+            self._metrics.batch_size.observe(len(gens))
+            self._metrics.tokens_per_second.set(len(gens) / elapsed if elapsed > 0 else 0.0)
+        self._emit(gens)
+        self._filter()
+
+    def _filter(self) -> None:
+        if self._batch is not None:
+            self._batch = self._batch.filter(list(self._running))
+
+    def _step_failed(self, what: str, exc: Exception, victims: list[_Sequence]) -> None:
+        log.warning(
+            "model step failed", extra={"model": self.name, "step": what, "error": repr(exc)}
+        )
+        if self._metrics:
+            self._metrics.step_failures.inc()
+        self._fail(victims, f"the model failed during {what}: {type(exc).__name__}: {exc}")
+        ids = {s.request.seq_id for s in victims}
+        for seq_id in ids:
+            self._running.pop(seq_id, None)
+        if self._batch is not None and ids.intersection(self._batch.seq_ids):
+            self._batch = None if not self._running else self._batch.filter(list(self._running))
+
+    def _fail(self, victims: list[_Sequence], reason: str) -> None:
+        for seq in victims:
+            self._post(
+                seq.handle, Unavailable(f"{reason} (model {self.name!r}); retry the request")
+            )
+
+    # ------------------------------------------------------------------ events
+
+    def _emit(self, gens: list[Generation]) -> list[int]:
+        """Turn one step's tokens into events; return the ids of the unfinished sequences."""
+        now = time.monotonic()
+        keep: list[int] = []
+        metrics = self._metrics
+        for gen in gens:
+            seq = self._running.get(gen.seq_id)
+            if seq is None:
+                continue
+            seq.tokens += 1
+            if seq.tokens == 1:
+                seq.first_token = now
+                if metrics:
+                    metrics.ttft.observe(now - seq.submitted)
+            elif metrics:
+                metrics.inter_token.observe(now - seq.last_token)
+            seq.last_token = now
+            text = seq.stop.feed(seq.detok.push(gen.token_id))
+            finish = FinishReason.STOP_SEQUENCE if seq.stop.stopped else gen.finish
+            if finish is not None and finish is not FinishReason.STOP_SEQUENCE:
+                text += seq.stop.flush()
+            if finish is None:
+                self._post(seq.handle, TokenEvent(gen.token_id, text))
+                keep.append(gen.seq_id)
+                continue
+            del self._running[gen.seq_id]
+            self._post(seq.handle, TokenEvent(gen.token_id, text))
+            self._post(seq.handle, self._completion(seq, finish, now))
+        if metrics:
+            metrics.tokens_generated.inc(len(gens))
+        return keep
+
+    def _completion(self, seq: _Sequence, finish: FinishReason, now: float) -> Completion:
+        if self._last_completion:
+            gap = max(now - self._last_completion, 1e-6)
+            self._completion_rate = 0.9 * self._completion_rate + 0.1 / gap
+        self._last_completion = now
+        return Completion(
+            finish_reason=finish,
+            prompt_tokens=len(seq.request.prompt_ids),
+            completion_tokens=seq.tokens,
+            queued_ms=(seq.admitted - seq.submitted) * 1000.0,
+            ttft_ms=(seq.first_token - seq.submitted) * 1000.0,
+            total_ms=(now - seq.submitted) * 1000.0,
+        )
+
+    def _post(self, handle: SequenceHandle, item: SequenceEvent | OptiserveError) -> None:
+        self._outbox.setdefault(handle._loop, []).append((handle, item))
+
+    def _flush(self) -> None:
+        """Deliver this step's events: one thread-safe callback per event loop."""
+        outbox, self._outbox = self._outbox, {}
+        for loop, items in outbox.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the consumer's loop is closed: nobody is listening
+                for handle, _ in items:
+                    handle.cancelled = True
+
+
+def _deliver(items: list[tuple[SequenceHandle, Any]]) -> None:
+    """Runs on the consumer's event loop: hand each handle its events, in order."""
+    grouped: dict[SequenceHandle, list[Any]] = {}
+    for handle, item in items:
+        grouped.setdefault(handle, []).append(item)
+    for handle, events in grouped.items():
+        handle._push(events)
+
+
+__all__ = [
+    "Completion",
+    "Scheduler",
+    "SchedulerConfig",
+    "SequenceEvent",
+    "SequenceHandle",
+    "TokenEvent",
+]

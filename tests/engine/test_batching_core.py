@@ -1,0 +1,197 @@
+"""Property tests of the token-batching core, run against the extension and its twin."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from optiserve import _batching_py
+
+try:
+    from optiserve import _batching as _batching_ext
+except ImportError:  # pragma: no cover - a build without extensions tests the twin only
+    _batching_ext = None
+
+IMPLS = [pytest.param(_batching_py, id="python")]
+if _batching_ext is not None:
+    IMPLS.append(pytest.param(_batching_ext, id="cython"))
+
+INT64_MAX = 2**63 - 1
+token = st.integers(min_value=0, max_value=INT64_MAX)
+token_lists = st.lists(st.lists(token, max_size=40), max_size=12)
+
+
+def _i64(values: list[int]) -> np.ndarray:
+    return np.array(values, dtype=np.int64).reshape(-1)
+
+
+def _reference_collate(seqs: list[list[int]], pad: int, left: bool, pad_to: int) -> tuple:
+    width = max([len(s) for s in seqs] + [pad_to, 0])
+    ids, mask, pos = [], [], []
+    for s in seqs:
+        fill = width - len(s)
+        if left:
+            ids.append([pad] * fill + s)
+            mask.append([0] * fill + [1] * len(s))
+            pos.append([0] * fill + list(range(len(s))))
+        else:
+            ids.append(s + [pad] * fill)
+            mask.append([1] * len(s) + [0] * fill)
+            pos.append(list(range(len(s))) + [0] * fill)
+    return ids, mask, pos
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@settings(max_examples=60, deadline=None)
+@given(
+    seqs=token_lists,
+    pad=st.integers(min_value=0, max_value=INT64_MAX),
+    left=st.booleans(),
+    pad_to=st.integers(min_value=0, max_value=50),
+    kind=st.sampled_from(["list", "tuple", "array"]),
+)
+def test_collate_matches_reference(
+    impl: ModuleType, seqs: list[list[int]], pad: int, left: bool, pad_to: int, kind: str
+) -> None:
+    rows = {"list": seqs, "tuple": [tuple(s) for s in seqs], "array": [_i64(s) for s in seqs]}
+    ids, mask, pos = impl.collate(rows[kind], pad, left_pad=left, pad_to=pad_to)
+    want = _reference_collate(seqs, pad, left, pad_to)
+    width = max([len(s) for s in seqs] + [pad_to, 0])
+    for got, expected in zip((ids, mask, pos), want, strict=True):
+        assert got.dtype == np.int64
+        assert got.shape == (len(seqs), width)
+        assert got.tolist() == expected
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_collate_empty_single_and_maximum(impl: ModuleType) -> None:
+    ids, mask, pos = impl.collate([], 0)
+    assert ids.shape == mask.shape == pos.shape == (0, 0)
+    ids, mask, pos = impl.collate([[]], 7, pad_to=2)
+    assert ids.tolist() == [[7, 7]]
+    assert mask.tolist() == [[0, 0]]
+    ids, _, _ = impl.collate([[INT64_MAX]], 0)
+    assert ids.tolist() == [[INT64_MAX]]
+    long_row = list(range(5000))
+    ids, mask, pos = impl.collate([long_row, [1]], 0)
+    assert ids.shape == (2, 5000)
+    assert pos[0, -1] == 4999
+    assert mask[1].sum() == 1
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_collate_rejects_out_of_range_tokens(impl: ModuleType) -> None:
+    with pytest.raises(OverflowError):
+        impl.collate([[2**64]], 0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@settings(max_examples=80, deadline=None)
+@given(
+    rows=st.lists(st.integers(-50, 50), max_size=40, unique=True),
+    keep=st.lists(st.integers(-60, 60), max_size=40),
+)
+def test_filter_indices(impl: ModuleType, rows: list[int], keep: list[int]) -> None:
+    got = impl.filter_indices(_i64(rows), _i64(keep))
+    assert got.dtype == np.int64
+    assert got.tolist() == [i for i, r in enumerate(rows) if r in set(keep)]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@settings(max_examples=80, deadline=None)
+@given(batches=st.lists(st.tuples(st.integers(0, 600), st.integers(0, 64)), max_size=10))
+def test_concat_layout(impl: ModuleType, batches: list[tuple[int, int]]) -> None:
+    widths = _i64([w for w, _ in batches])
+    sizes = _i64([s for _, s in batches])
+    starts, offsets, width = impl.concat_layout(widths, sizes)
+    assert width == max([w for w, _ in batches] + [0])
+    assert starts.tolist() == [sum(s for _, s in batches[:i]) for i in range(len(batches) + 1)]
+    assert offsets.tolist() == [width - w for w, _ in batches]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_concat_layout_rejects_mismatched_lengths(impl: ModuleType) -> None:
+    with pytest.raises(ValueError, match="differ"):
+        impl.concat_layout(_i64([1, 2]), _i64([1]))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@settings(max_examples=80, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.integers(0, 20), st.integers(0, 10), st.integers(0, 10)), max_size=40
+    ),
+    eos=st.lists(st.integers(0, 20), max_size=4),
+)
+def test_finish_codes(impl: ModuleType, rows: list[tuple[int, int, int]], eos: list[int]) -> None:
+    got = impl.finish_codes(
+        _i64([t for t, _, _ in rows]),
+        _i64([g for _, g, _ in rows]),
+        _i64([m for _, _, m in rows]),
+        _i64(eos),
+    )
+    assert got.dtype == np.int8
+    assert got.tolist() == [1 if t in eos else 2 if g >= m else 0 for t, g, m in rows]
+
+
+@st.composite
+def stop_problem(draw: st.DrawFn) -> tuple:
+    n_rows = draw(st.integers(0, 8))
+    width = draw(st.integers(0, 6))
+    tails = [[draw(st.integers(0, 3)) for _ in range(width)] for _ in range(n_rows)]
+    lens = [draw(st.integers(0, width + 2)) for _ in range(n_rows)]
+    stops = draw(
+        st.lists(
+            st.tuples(st.integers(-1, n_rows), st.lists(st.integers(0, 3), max_size=4)), max_size=12
+        )
+    )
+    return tails, width, lens, stops
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@settings(max_examples=150, deadline=None)
+@given(problem=stop_problem())
+def test_match_stop_ids(impl: ModuleType, problem: tuple) -> None:
+    tails, width, lens, stops = problem
+    offsets = [0]
+    for _, seq in stops:
+        offsets.append(offsets[-1] + len(seq))
+    got = impl.match_stop_ids(
+        np.array(tails, dtype=np.int64).reshape(len(tails), width),
+        _i64(lens),
+        _i64([t for _, seq in stops for t in seq]),
+        _i64(offsets),
+        _i64([r for r, _ in stops]),
+    )
+    want = []
+    for r, tail in enumerate(tails):
+        valid = tail[width - min(lens[r], width) :] if min(lens[r], width) else []
+        hit = -1
+        for s, (row, seq) in enumerate(stops):
+            if (
+                row == r
+                and seq
+                and len(seq) <= len(valid)
+                and valid[len(valid) - len(seq) :] == seq
+            ):
+                hit = s
+                break
+        want.append(hit)
+    assert got.tolist() == want
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_match_stop_ids_validates_shapes(impl: ModuleType) -> None:
+    with pytest.raises(ValueError, match="one more entry"):
+        impl.match_stop_ids(np.zeros((1, 1), np.int64), _i64([1]), _i64([]), _i64([]), _i64([0]))
+
+
+def test_selector_exposes_every_function() -> None:
+    from optiserve import batching
+
+    for name in ("collate", "filter_indices", "concat_layout", "finish_codes", "match_stop_ids"):
+        assert callable(getattr(batching, name))
+    assert batching.IMPLEMENTATION in ("cython", "python")
