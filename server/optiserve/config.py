@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 ENV_PREFIX = "OPTISERVE_"
 DEMO_SOURCE = "demo"
 
@@ -164,9 +163,7 @@ def _build(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - known
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}"
-        )
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -193,12 +190,8 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
 
-    sections: dict[str, dict[str, Any]] = {
-        name: dict(raw.get(name, {})) for name in _SECTIONS
-    }
-    top: dict[str, Any] = {
-        k: v for k, v in raw.items() if k not in _SECTIONS and k != "models"
-    }
+    sections: dict[str, dict[str, Any]] = {name: dict(raw.get(name, {})) for name in _SECTIONS}
+    top: dict[str, Any] = {k: v for k, v in raw.items() if k not in _SECTIONS and k != "models"}
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX) or "__" not in key:
             continue
@@ -213,9 +206,10 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     models_raw = raw.get("models", [])
     if not isinstance(models_raw, list):
         raise ConfigError("models must be an array of tables ([[models]])")
-    models = tuple(
-        _build(ModelConfig, m, f"models[{i}]") for i, m in enumerate(models_raw)
-    ) or DEFAULT_MODELS
+    models = (
+        tuple(_build(ModelConfig, m, f"models[{i}]") for i, m in enumerate(models_raw))
+        or DEFAULT_MODELS
+    )
 
     config = Config(
         **{name: _build(cls, sections[name], name) for name, cls in _SECTIONS.items()},

@@ -96,7 +96,7 @@ STATUS_CODES: dict[type[OptiserveError], str] = {
 def status_code_name(error: BaseException) -> str:
     """The gRPC status code name for ``error`` (INTERNAL for anything unexpected)."""
     for cls in type(error).__mro__:
-        code = STATUS_CODES.get(cls)  # type: ignore[call-overload]
+        code = STATUS_CODES.get(cls)
         if code is not None:
             return code
     return "INTERNAL"

@@ -14,8 +14,10 @@ import logging
 import pkgutil
 import random
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,6 +44,13 @@ class TinySpec:
     seed: int = 0
 
 
+#: Standard-library modules whose import does something (opens a browser, prints, needs a
+#: display) and so are never imported for their docstrings.
+_SIDE_EFFECT_MODULES = frozenset(
+    {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "ensurepip", "venv"}
+)
+
+
 def local_corpus(max_chars: int = 2_000_000) -> list[str]:
     """English text available offline: docstrings of the Python standard library."""
     texts: list[str] = []
@@ -49,12 +58,16 @@ def local_corpus(max_chars: int = 2_000_000) -> list[str]:
     names = sorted(
         m.name
         for m in pkgutil.iter_modules()
-        if m.name in sys.stdlib_module_names and not m.name.startswith(("_", "idlelib", "test"))
+        if m.name in sys.stdlib_module_names
+        and m.name not in _SIDE_EFFECT_MODULES
+        and not m.name.startswith(("_", "test"))
     )
     for name in names:
         try:
-            module = importlib.import_module(name)
-        except Exception:  # noqa: S112 - any stdlib module that fails to import is skipped
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                module = importlib.import_module(name)
+        except Exception:  # any stdlib module that fails to import is skipped
             continue
         for obj in [module, *vars(module).values()]:
             doc = getattr(obj, "__doc__", None)
@@ -93,15 +106,23 @@ def build_tokenizer(corpus: list[str], vocab_size: int, path: Path) -> None:
     fast.save_pretrained(path)
 
 
-def build_model(spec: TinySpec, tokenizer_path: Path) -> torch.nn.Module:
+def build_model(spec: TinySpec, tokenizer_path: Path) -> Any:
     """A randomly initialised causal LM of the given spec, matched to the tokenizer."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig
-    from transformers import LlamaForCausalLM
+    from transformers import (
+        AutoTokenizer,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     tok = AutoTokenizer.from_pretrained(tokenizer_path)
     torch.manual_seed(spec.seed)
-    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
-           "pad_token_id": tok.pad_token_id}
+    ids = {
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
     if spec.arch == "llama":
         return LlamaForCausalLM(
             LlamaConfig(
@@ -131,8 +152,14 @@ def build_model(spec: TinySpec, tokenizer_path: Path) -> torch.nn.Module:
 
 
 def train_briefly(
-    model: torch.nn.Module, tokenizer_path: Path, corpus: list[str], steps: int,
-    seq_len: int = 128, batch_size: int = 16, lr: float = 3e-3, seed: int = 0,
+    model: torch.nn.Module,
+    tokenizer_path: Path,
+    corpus: list[str],
+    steps: int,
+    seq_len: int = 128,
+    batch_size: int = 16,
+    lr: float = 3e-3,
+    seed: int = 0,
 ) -> float:
     """Train ``model`` on ``corpus`` for ``steps`` steps; return the last loss."""
     from transformers import AutoTokenizer
@@ -188,7 +215,9 @@ def ensure_demo_model(data_dir: Path) -> Path:
     path = data_dir / "models" / "demo-llama"
     if not (path / ".complete").exists():
         log.info("building the demo model (first run only)", extra={"path": str(path)})
-        build_tiny_model(path, TinySpec(arch="llama", hidden_size=256, layers=4, heads=4,
-                                        context_length=1024),
-                         train_steps=DEMO_TRAIN_STEPS)
+        build_tiny_model(
+            path,
+            TinySpec(arch="llama", hidden_size=256, layers=4, heads=4, context_length=1024),
+            train_steps=DEMO_TRAIN_STEPS,
+        )
     return path

@@ -1,0 +1,41 @@
+"""optiserve_client: a typed sync and async client for the optiserve gRPC server.
+
+from optiserve_client import Client
+with Client("127.0.0.1:50051") as client:
+    print(client.generate("Tell me about sockets", max_new_tokens=32).text)
+    for chunk in client.stream("Tell me about threads"):
+        print(chunk.text, end="", flush=True)
+"""
+
+from optiserve_client._client import AsyncClient, Client
+from optiserve_client._errors import (
+    DeadlineExceeded,
+    InternalError,
+    InvalidArgument,
+    NotFound,
+    OptiserveClientError,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+from optiserve_client._types import Chunk, Completion, Model, Timings, Usage
+
+__all__ = [
+    "AsyncClient",
+    "Chunk",
+    "Client",
+    "Completion",
+    "DeadlineExceeded",
+    "InternalError",
+    "InvalidArgument",
+    "Model",
+    "NotFound",
+    "OptiserveClientError",
+    "ResourceExhausted",
+    "Timings",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "Usage",
+]

@@ -1,0 +1,252 @@
+"""Sync and async clients over the generated stubs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from optiserve.v1 import optiserve_pb2 as pb
+from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
+
+from optiserve_client._errors import OptiserveClientError, from_rpc_error
+from optiserve_client._types import Chunk, Completion, Model
+
+_CACHE_MODES = {
+    "default": pb.CACHE_MODE_DEFAULT,
+    "bypass": pb.CACHE_MODE_BYPASS,
+    "refresh": pb.CACHE_MODE_REFRESH,
+    "only_if_cached": pb.CACHE_MODE_ONLY_IF_CACHED,
+}
+
+
+def build_request(
+    prompt: str | None = None,
+    *,
+    messages: Sequence[tuple[str, str]] | Sequence[dict[str, str]] = (),
+    model: str = "",
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    stop: Sequence[str] = (),
+    seed: int | None = None,
+    cache_mode: str = "default",
+    semantic_threshold: float | None = None,
+    cache_ttl_s: float | None = None,
+    max_cost_usd: float | None = None,
+    json_schema: str = "",
+    request_id: str = "",
+) -> pb.GenerateRequest:
+    """The wire request for the keyword arguments the client methods take."""
+    if cache_mode not in _CACHE_MODES:
+        raise ValueError(f"cache_mode must be one of {sorted(_CACHE_MODES)}, got {cache_mode!r}")
+    sampling = pb.SamplingParams(stop=list(stop))
+    for name, value in (
+        ("max_new_tokens", max_new_tokens),
+        ("temperature", temperature),
+        ("top_p", top_p),
+        ("top_k", top_k),
+        ("seed", seed),
+    ):
+        if value is not None:
+            setattr(sampling, name, value)
+    cache = pb.CachePolicy(mode=_CACHE_MODES[cache_mode])
+    if semantic_threshold is not None:
+        cache.semantic_threshold = semantic_threshold
+    if cache_ttl_s is not None:
+        cache.ttl_seconds = cache_ttl_s
+    budget = pb.Budget()
+    if max_cost_usd is not None:
+        budget.max_cost_usd = max_cost_usd
+    chat = [
+        pb.ChatMessage(role=m["role"], content=m["content"])
+        if isinstance(m, dict)
+        else pb.ChatMessage(role=m[0], content=m[1])
+        for m in messages
+    ]
+    return pb.GenerateRequest(
+        request_id=request_id,
+        prompt=prompt or "",
+        messages=chat,
+        model=model,
+        sampling=sampling,
+        cache=cache,
+        budget=budget,
+        response_format=pb.ResponseFormat(json_schema=json_schema),
+    )
+
+
+def _metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
+    return (("x-api-key", api_key),) if api_key else None
+
+
+def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+class Client:
+    """Blocking client. ``timeout`` (seconds) is the default deadline of every call."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        api_key: str | None = None,
+        timeout: float | None = None,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self._channel = grpc.insecure_channel(target, options=_channel_options(max_message_bytes))
+        self._stub = pb_grpc.OptiServeStub(self._channel)
+        self._metadata = _metadata(api_key)
+        self._timeout = timeout
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return method(request, timeout=timeout or self._timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    def generate(
+        self, prompt: str | None = None, *, timeout: float | None = None, **kwargs: Any
+    ) -> Completion:
+        """One completion. Keyword arguments: see :func:`build_request`."""
+        response = self._call(self._stub.Generate, build_request(prompt, **kwargs), timeout)
+        return Completion.from_proto(response.request_id, response.text, response.summary)
+
+    def stream(
+        self, prompt: str | None = None, *, timeout: float | None = None, **kwargs: Any
+    ) -> Iterator[Chunk]:
+        """Text chunks as they are produced; the last one carries the completion."""
+        call = self._stub.StreamGenerate(
+            build_request(prompt, **kwargs),
+            timeout=timeout or self._timeout,
+            metadata=self._metadata,
+        )
+        parts: list[str] = []
+        try:
+            for chunk in call:
+                parts.append(chunk.text_delta)
+                done = None
+                if chunk.HasField("summary"):
+                    done = Completion.from_proto(chunk.request_id, "".join(parts), chunk.summary)
+                yield Chunk(chunk.text_delta, done)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()
+
+    def list_models(self) -> list[Model]:
+        """The models and routes the server serves."""
+        response = self._call(self._stub.ListModels, pb.ListModelsRequest(), None)
+        return [Model.from_proto(m) for m in response.models]
+
+    def usage(self, model: str = "") -> pb.GetUsageResponse:
+        """Measured usage (the wire message: per-model rows and a total)."""
+        response: pb.GetUsageResponse = self._call(
+            self._stub.GetUsage, pb.GetUsageRequest(model=model), None
+        )
+        return response
+
+    def health(self, service: str = "") -> str:
+        """The health status name, e.g. "SERVING"."""
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service), None)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+class AsyncClient:
+    """asyncio client with the same methods as :class:`Client`."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        api_key: str | None = None,
+        timeout: float | None = None,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self._channel = grpc.aio.insecure_channel(
+            target, options=_channel_options(max_message_bytes)
+        )
+        self._stub = pb_grpc.OptiServeStub(self._channel)
+        self._metadata = _metadata(api_key)
+        self._timeout = timeout
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close()
+
+    async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return await method(request, timeout=timeout or self._timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    async def generate(
+        self, prompt: str | None = None, *, timeout: float | None = None, **kwargs: Any
+    ) -> Completion:
+        """One completion. Keyword arguments: see :func:`build_request`."""
+        response = await self._call(self._stub.Generate, build_request(prompt, **kwargs), timeout)
+        return Completion.from_proto(response.request_id, response.text, response.summary)
+
+    async def stream(
+        self, prompt: str | None = None, *, timeout: float | None = None, **kwargs: Any
+    ) -> AsyncIterator[Chunk]:
+        """Text chunks as they are produced; the last one carries the completion."""
+        call = self._stub.StreamGenerate(
+            build_request(prompt, **kwargs),
+            timeout=timeout or self._timeout,
+            metadata=self._metadata,
+        )
+        parts: list[str] = []
+        try:
+            async for chunk in call:
+                parts.append(chunk.text_delta)
+                done = None
+                if chunk.HasField("summary"):
+                    done = Completion.from_proto(chunk.request_id, "".join(parts), chunk.summary)
+                yield Chunk(chunk.text_delta, done)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()
+
+    async def list_models(self) -> list[Model]:
+        """The models and routes the server serves."""
+        response = await self._call(self._stub.ListModels, pb.ListModelsRequest(), None)
+        return [Model.from_proto(m) for m in response.models]
+
+    async def health(self, service: str = "") -> str:
+        """The health status name, e.g. "SERVING"."""
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        response = await self._call(
+            stub.Check, health_pb2.HealthCheckRequest(service=service), None
+        )
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+__all__ = ["AsyncClient", "Client", "OptiserveClientError", "build_request"]

@@ -1,0 +1,1 @@
+"""Model backends: what actually produces text (local Hugging Face models, remote providers)."""

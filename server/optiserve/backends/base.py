@@ -1,0 +1,61 @@
+"""The Backend protocol every model implementation follows."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from optiserve.engine.types import FinishReason, GenerateRequest, ModelInfo, SamplingParams
+
+
+@dataclass(frozen=True)
+class Completion:
+    """How a backend's generation ended, with its measured figures."""
+
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    queued_ms: float
+    #: Seconds (monotonic clock) when the first and the last token were produced.
+    first_token_at: float | None
+    last_token_at: float | None
+    cost_usd: float = 0.0
+
+
+BackendEvent = str | Completion
+"""A backend yields text deltas (``str``), then exactly one :class:`Completion`."""
+
+
+class Backend(Protocol):
+    """A servable model."""
+
+    @property
+    def info(self) -> ModelInfo:
+        """What ListModels shows for this model."""
+        ...
+
+    def load(self) -> None:
+        """Load weights or open connections (blocking; called off the event loop)."""
+        ...
+
+    def close(self) -> None:
+        """Release what ``load`` acquired."""
+        ...
+
+    def resolve_sampling(self, params: SamplingParams) -> SamplingParams:
+        """Fill ``max_new_tokens`` with the model default and check it against the cap.
+
+        Raises :class:`~optiserve.errors.InvalidRequest` when it is out of range.
+        """
+        ...
+
+    def stream(
+        self, request: GenerateRequest, params: SamplingParams
+    ) -> AsyncIterator[BackendEvent]:
+        """Generate for ``request`` with resolved ``params``: text deltas, then a Completion.
+
+        Raises domain errors (InvalidRequest for a too-long prompt, QueueFull, ...). Closing
+        the iterator early (client gone, deadline) stops the generation.
+        """
+        ...

@@ -1,0 +1,38 @@
+"""Checks every request passes before any work is done; each error names the field and range."""
+
+from __future__ import annotations
+
+import math
+
+from optiserve.engine.types import GenerateRequest
+from optiserve.errors import InvalidRequest
+
+ROLES = ("system", "user", "assistant")
+
+
+def validate_request(request: GenerateRequest) -> None:
+    """Raise :class:`InvalidRequest` for the first invalid field of ``request``."""
+    if request.prompt and request.messages:
+        raise InvalidRequest("give either prompt or messages, not both")
+    if not request.prompt and not request.messages:
+        raise InvalidRequest("the request has no prompt and no messages; set one of them")
+    for i, message in enumerate(request.messages):
+        if message.role not in ROLES:
+            raise InvalidRequest(
+                f"messages[{i}].role is {message.role!r}; allowed: {', '.join(ROLES)}"
+            )
+    if request.messages and request.messages[-1].role == "assistant":
+        raise InvalidRequest("the last message must be from the user or system, not assistant")
+    s = request.sampling
+    if s.max_new_tokens is not None and s.max_new_tokens <= 0:
+        raise InvalidRequest(f"sampling.max_new_tokens must be >= 1, got {s.max_new_tokens}")
+    if not math.isfinite(s.temperature) or s.temperature < 0:
+        raise InvalidRequest(
+            f"sampling.temperature must be a finite number >= 0, got {s.temperature}"
+        )
+    if not (0.0 < s.top_p <= 1.0):
+        raise InvalidRequest(f"sampling.top_p must be in (0, 1], got {s.top_p}")
+    if s.top_k < 0:
+        raise InvalidRequest(f"sampling.top_k must be >= 0 (0 disables it), got {s.top_k}")
+    if request.max_cost_usd is not None and not request.max_cost_usd >= 0:
+        raise InvalidRequest(f"budget.max_cost_usd must be >= 0, got {request.max_cost_usd}")

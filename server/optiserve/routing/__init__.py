@@ -1,0 +1,1 @@
+"""Which model answers: the catalogue of models, routing, budgets and usage accounting."""

@@ -1,0 +1,1 @@
+"""Transport: the gRPC server, its interceptors and the protobuf <-> domain conversion."""

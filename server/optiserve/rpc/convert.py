@@ -1,0 +1,153 @@
+"""Protobuf messages <-> domain dataclasses. The only place that knows both."""
+
+from __future__ import annotations
+
+import time
+
+from optiserve.engine import types as d
+from optiserve.routing.usage import ModelUsage
+from optiserve.v1 import optiserve_pb2 as pb
+
+_CACHE_MODES = {
+    pb.CACHE_MODE_DEFAULT: d.CacheMode.DEFAULT,
+    pb.CACHE_MODE_BYPASS: d.CacheMode.BYPASS,
+    pb.CACHE_MODE_REFRESH: d.CacheMode.REFRESH,
+    pb.CACHE_MODE_ONLY_IF_CACHED: d.CacheMode.ONLY_IF_CACHED,
+}
+_FINISH = {
+    d.FinishReason.EOS: pb.FINISH_REASON_EOS,
+    d.FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    d.FinishReason.STOP_SEQUENCE: pb.FINISH_REASON_STOP_SEQUENCE,
+    d.FinishReason.CACHED: pb.FINISH_REASON_CACHED,
+}
+_LAYERS = {d.CacheLayer.EXACT: pb.CACHE_LAYER_EXACT, d.CacheLayer.SEMANTIC: pb.CACHE_LAYER_SEMANTIC}
+_OUTCOMES = {
+    d.CacheOutcome.HIT: pb.CACHE_OUTCOME_HIT,
+    d.CacheOutcome.MISS: pb.CACHE_OUTCOME_MISS,
+    d.CacheOutcome.SKIPPED: pb.CACHE_OUTCOME_SKIPPED,
+    d.CacheOutcome.REJECTED: pb.CACHE_OUTCOME_REJECTED,
+}
+_KINDS = {
+    d.ModelKind.LOCAL: pb.MODEL_KIND_LOCAL,
+    d.ModelKind.REMOTE: pb.MODEL_KIND_REMOTE,
+    d.ModelKind.ROUTE: pb.MODEL_KIND_ROUTE,
+}
+
+
+class UnknownEnumValue(ValueError):
+    """A request carries an enum number this server does not know."""
+
+
+def request_from_proto(
+    msg: pb.GenerateRequest, request_id: str, tenant: str, time_remaining: float | None
+) -> d.GenerateRequest:
+    """Domain request from the wire message and the call's metadata/deadline."""
+    s = msg.sampling
+    mode = _CACHE_MODES.get(msg.cache.mode)
+    if mode is None:
+        raise UnknownEnumValue(
+            f"cache.mode {msg.cache.mode} is unknown; allowed: "
+            + ", ".join(f"{pb.CacheMode.Name(k)} ({k})" for k in _CACHE_MODES)
+        )
+    return d.GenerateRequest(
+        request_id=request_id,
+        prompt=msg.prompt,
+        messages=tuple(d.ChatMessage(m.role, m.content) for m in msg.messages),
+        model=msg.model,
+        sampling=d.SamplingParams(
+            max_new_tokens=s.max_new_tokens if s.HasField("max_new_tokens") else None,
+            temperature=s.temperature if s.HasField("temperature") else 0.0,
+            top_p=s.top_p if s.HasField("top_p") else 1.0,
+            top_k=s.top_k if s.HasField("top_k") else 0,
+            stop=tuple(s.stop),
+            seed=s.seed if s.HasField("seed") else None,
+        ),
+        cache=d.CachePolicy(
+            mode=mode,
+            semantic_threshold=(
+                msg.cache.semantic_threshold if msg.cache.HasField("semantic_threshold") else None
+            ),
+            ttl_s=msg.cache.ttl_seconds if msg.cache.HasField("ttl_seconds") else None,
+        ),
+        max_cost_usd=msg.budget.max_cost_usd if msg.budget.HasField("max_cost_usd") else None,
+        json_schema=msg.response_format.json_schema,
+        tenant=tenant,
+        deadline=None if time_remaining is None else time.monotonic() + time_remaining,
+    )
+
+
+def summary_to_proto(s: d.ResponseSummary) -> pb.ResponseSummary:
+    """Wire summary from the domain summary."""
+    return pb.ResponseSummary(
+        finish_reason=_FINISH[s.finish_reason],
+        usage=pb.Usage(
+            prompt_tokens=s.usage.prompt_tokens,
+            completion_tokens=s.usage.completion_tokens,
+            cached_tokens=s.usage.cached_tokens,
+        ),
+        cost_usd=s.cost_usd,
+        cost_saved_usd=s.cost_saved_usd,
+        model=s.model,
+        provider=s.provider,
+        trace=pb.DecisionTrace(
+            cache=[
+                pb.CacheLookup(
+                    layer=_LAYERS[c.layer],
+                    outcome=_OUTCOMES[c.outcome],
+                    similarity=c.similarity,
+                    entry_id=c.entry_id,
+                    guard_verdict=c.guard_verdict,
+                    detail=c.detail,
+                )
+                for c in s.trace.cache
+            ],
+            route_reason=s.trace.route_reason,
+            fallbacks=list(s.trace.fallbacks),
+        ),
+        timings=pb.Timings(
+            queued_ms=s.timings.queued_ms,
+            time_to_first_token_ms=s.timings.time_to_first_token_ms,
+            total_ms=s.timings.total_ms,
+            decode_tokens_per_s=s.timings.decode_tokens_per_s,
+        ),
+    )
+
+
+def result_to_proto(r: d.GenerateResult) -> pb.GenerateResponse:
+    """Wire response from a complete result."""
+    return pb.GenerateResponse(
+        request_id=r.request_id, text=r.text, summary=summary_to_proto(r.summary)
+    )
+
+
+def model_info_to_proto(m: d.ModelInfo) -> pb.ModelInfo:
+    """Wire ModelInfo."""
+    return pb.ModelInfo(
+        name=m.name,
+        kind=_KINDS[m.kind],
+        provider=m.provider,
+        source=m.source,
+        demo=m.demo,
+        description=m.description,
+        context_length=m.context_length,
+        input_price_per_mtok=m.input_price_per_mtok,
+        output_price_per_mtok=m.output_price_per_mtok,
+        quantization=m.quantization,
+        default=m.default,
+    )
+
+
+def usage_to_proto(u: ModelUsage) -> pb.ModelUsage:
+    """Wire usage row."""
+    return pb.ModelUsage(
+        model=u.model,
+        requests=u.requests,
+        errors=u.errors,
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        cached_tokens=u.cached_tokens,
+        cost_usd=u.cost_usd,
+        cost_saved_usd=u.cost_saved_usd,
+        exact_hits=u.exact_hits,
+        semantic_hits=u.semantic_hits,
+    )

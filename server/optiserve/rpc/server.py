@@ -1,0 +1,149 @@
+"""Server bootstrap: models, pipeline, gRPC server with health, reflection, interceptors,
+metrics, and a graceful drain on SIGTERM/SIGINT.
+
+:class:`OptiserveApp` is the server; :class:`ServerThread` runs one on a background
+thread with its own event loop (for tests, benchmarks and embedding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from collections.abc import Sequence
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from optiserve.backends.base import Backend
+from optiserve.backends.local_hf import LocalHFBackend
+from optiserve.config import Config
+from optiserve.engine.pipeline import Pipeline
+from optiserve.routing.catalogue import ModelCatalogue
+from optiserve.routing.usage import UsageTracker
+from optiserve.rpc.interceptors import ErrorInterceptor, RequestIdInterceptor
+from optiserve.rpc.servicer import OptiServeServicer
+from optiserve.v1 import optiserve_pb2 as pb
+from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OptiServe"].full_name
+
+
+def build_backends(config: Config) -> list[tuple[str, Backend]]:
+    """One backend per configured model (not loaded yet)."""
+    data_dir = config.resolved_data_dir()
+    return [(m.name, LocalHFBackend(m, data_dir, config.engine.max_queue)) for m in config.models]
+
+
+class OptiserveApp:
+    """The optiserve server: owns the models, the pipeline and the gRPC server."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.backends = build_backends(config)
+        self.pipeline = Pipeline(
+            ModelCatalogue(self.backends, config.default_model_name()), UsageTracker()
+        )
+        self.health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        """Load the models (off the event loop), start serving; return the bound port."""
+        started = time.perf_counter()
+        torch.set_num_threads(self.config.engine.torch_threads)
+        for _, backend in self.backends:
+            await asyncio.to_thread(backend.load)
+        cfg = self.config.server
+        server = grpc.aio.server(
+            interceptors=[RequestIdInterceptor(), ErrorInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", cfg.max_message_bytes),
+                ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ],
+            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
+        )
+        pb_grpc.add_OptiServeServicer_to_server(OptiServeServicer(self.pipeline), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        self.port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {cfg.host}:{cfg.port} (in use or not allowed)")
+        await server.start()
+        self._server = server
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving",
+            extra={
+                "address": f"{cfg.host}:{self.port}",
+                "models": [n for n, _ in self.backends],
+                "default_model": self.pipeline.catalogue.default,
+                "torch_threads": self.config.engine.torch_threads,
+                "start_s": round(time.perf_counter() - started, 2),
+            },
+        )
+        return self.port
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain: health NOT_SERVING, refuse new work, let in-flight RPCs finish, stop."""
+        if self._server is None:
+            return
+        grace = self.config.server.grace_period_s if grace_s is None else grace_s
+        log.info("draining", extra={"grace_s": grace})
+        self.pipeline.draining = True
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._server.stop(grace)
+        self._server = None
+        for _, backend in self.backends:
+            backend.close()
+        log.info("stopped")
+
+    async def serve_until_signal(
+        self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)
+    ) -> None:
+        """Start, serve until SIGTERM/SIGINT, then drain and stop."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in signals:
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await self.stop()
+
+
+class ServerThread:
+    """Runs an :class:`OptiserveApp` on a background thread with its own event loop."""
+
+    def __init__(self, config: Config) -> None:
+        self.app = OptiserveApp(config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def start(self) -> int:
+        """Start the server; return its port."""
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self.app.start(), self._loop)
+        return future.result()
+
+    @property
+    def target(self) -> str:
+        """``host:port`` to dial."""
+        return f"{self.app.config.server.host}:{self.app.port}"
+
+    def stop(self, grace_s: float = 0.0) -> None:
+        """Drain and stop the server, then the loop and thread."""
+        asyncio.run_coroutine_threadsafe(self.app.stop(grace_s), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)

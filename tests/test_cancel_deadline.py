@@ -1,0 +1,97 @@
+"""A dead RPC (cancelled, or past its deadline) stops its generation; queues are safe."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from optiserve.backends.local_hf import LocalHFBackend
+from optiserve.config import Config
+from optiserve.rpc.server import ServerThread
+from optiserve.v1 import optiserve_pb2 as pb
+from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
+from optiserve_client import Client, ResourceExhausted
+
+LONG = pb.GenerateRequest(prompt="Tell me", sampling=pb.SamplingParams(max_new_tokens=480))
+
+
+def _backend(server: ServerThread) -> LocalHFBackend:
+    backend = server.app.backends[0][1]
+    assert isinstance(backend, LocalHFBackend)
+    return backend
+
+
+def _wait_idle(backend: LocalHFBackend, timeout: float = 10.0) -> float:
+    start = time.monotonic()
+    while backend.active_generations and time.monotonic() - start < timeout:
+        time.sleep(0.005)
+    assert backend.active_generations == 0, "generation kept running for a dead RPC"
+    return time.monotonic() - start
+
+
+def test_cancelling_a_stream_stops_generation(server: ServerThread) -> None:
+    backend = _backend(server)
+    before = backend.cancelled_generations
+    with grpc.insecure_channel(server.target) as channel:
+        call = pb_grpc.OptiServeStub(channel).StreamGenerate(LONG, timeout=60)
+        first = next(call)
+        assert first.text_delta or first.HasField("summary")
+        call.cancel()
+    waited = _wait_idle(backend)
+    assert backend.cancelled_generations == before + 1
+    assert waited < 2.0
+
+
+def test_deadline_exceeded_stops_generation(server: ServerThread, client: Client) -> None:
+    backend = _backend(server)
+    full = client.generate("Tell me", max_new_tokens=480)
+    assert full.timings.total_ms > 150, "the long request must outlast the deadline below"
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.OptiServeStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Generate(LONG, timeout=0.05)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.StreamGenerate(LONG, timeout=0.05))
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    _wait_idle(backend)
+    assert client.generate("after", max_new_tokens=2).usage.completion_tokens >= 1
+
+
+def test_concurrent_requests_queue_safely(client: Client) -> None:
+    prompts = [f"Request number {i} asks" for i in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda p: client.generate(p, max_new_tokens=8), prompts))
+    alone = [client.generate(p, max_new_tokens=8).text for p in prompts]
+    assert [r.text for r in results] == alone
+    assert max(r.timings.queued_ms for r in results) > 0
+
+
+def test_full_queue_is_resource_exhausted_with_retry_hint(
+    make_config: Callable[..., Config],
+) -> None:
+    config = make_config()
+    from dataclasses import replace
+
+    config = replace(config, engine=replace(config.engine, max_queue=1))
+    server = ServerThread(config)
+    server.start()
+    try:
+        with Client(server.target, timeout=60) as c, ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(c.generate, "Tell me", max_new_tokens=200) for _ in range(4)]
+            errors = []
+            for f in futures:
+                try:
+                    f.result()
+                except ResourceExhausted as exc:
+                    errors.append(exc)
+            assert errors, "with one waiting slot, some of 4 concurrent requests must be refused"
+            assert all(e.retry_after_s and e.retry_after_s > 0 for e in errors)
+            assert "waiting" in errors[0].message
+            assert c.generate("ok", max_new_tokens=2).usage.completion_tokens >= 1
+    finally:
+        server.stop()
