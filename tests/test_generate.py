@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 
 from optiserve.rpc.server import ServerThread
 from optiserve.v1 import optiserve_pb2 as pb
@@ -102,10 +103,7 @@ def test_quantize_and_benchmark_say_unimplemented(server: ServerThread) -> None:
             lambda: list(stub.Quantize(pb.QuantizeRequest(model="tiny"), timeout=10)),
             lambda: list(stub.Benchmark(pb.BenchmarkRequest(), timeout=10)),
         ):
-            try:
+            with pytest.raises(grpc.RpcError) as info:
                 call()
-            except grpc.RpcError as exc:
-                assert exc.code() == grpc.StatusCode.UNIMPLEMENTED
-                assert "not implemented" in (exc.details() or "")
-            else:
-                raise AssertionError("expected UNIMPLEMENTED")
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert "not implemented" in (info.value.details() or "")

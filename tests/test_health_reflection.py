@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -16,12 +17,9 @@ def test_health_serving(server: ServerThread) -> None:
         for service in ("", "optiserve.v1.OptiServe"):
             response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert response.status == health_pb2.HealthCheckResponse.SERVING
-        try:
+        with pytest.raises(grpc.RpcError) as info:
             stub.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=5)
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.NOT_FOUND
-        else:
-            raise AssertionError("unknown service should be NOT_FOUND")
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_reflection_lists_and_describes_the_service(server: ServerThread) -> None:

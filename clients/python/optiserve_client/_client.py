@@ -8,9 +8,9 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from optiserve.v1 import optiserve_pb2 as pb
 from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
-
 from optiserve_client._errors import OptiserveClientError, from_rpc_error
 from optiserve_client._types import Chunk, Completion, Model
 
