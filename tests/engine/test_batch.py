@@ -1,0 +1,124 @@
+"""The batch contract: from_requests, prefill, decode, filter, concatenate."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from engine_lm import TinyLM
+
+from optiserve.engine.batch import CausalLMBatch, SequenceRequest, eos_token_ids
+from optiserve.engine.types import FinishReason, SamplingParams
+
+
+def _requests(n: int, seed: int, start_id: int = 0) -> list[SequenceRequest]:
+    rng = random.Random(seed)
+    return [
+        SequenceRequest(
+            start_id + i,
+            [rng.randrange(4, 2000) for _ in range(rng.randint(1, 70))],
+            SamplingParams(max_new_tokens=rng.randint(1, 24)),
+        )
+        for i in range(n)
+    ]
+
+
+def _run_waves(lm: TinyLM, waves: list[list[SequenceRequest]]) -> dict[int, list[int]]:
+    """Admit one wave every two decode steps into a running batch; collect tokens."""
+    out: dict[int, list[int]] = {r.seq_id: [] for wave in waves for r in wave}
+    running: CausalLMBatch | None = None
+    pad = lm.tokenizer.pad_token_id
+    step = 0
+    while waves or running is not None:
+        if waves and step % 2 == 0:
+            new = CausalLMBatch.from_requests(waves.pop(0), pad, sorted(lm.eos))
+            gens = new.prefill(lm.model)
+            for g in gens:
+                out[g.seq_id].append(g.token_id)
+            kept = new.filter([g.seq_id for g in gens if g.finish is None])
+            if kept is not None:
+                running = kept if running is None else CausalLMBatch.concatenate([running, kept])
+        if running is not None:
+            gens = running.decode(lm.model)
+            for g in gens:
+                out[g.seq_id].append(g.token_id)
+            running = running.filter([g.seq_id for g in gens if g.finish is None])
+        step += 1
+    return out
+
+
+def test_greedy_batched_equals_alone(tiny_lm: TinyLM) -> None:
+    reqs = _requests(32, seed=1)
+    got = _run_waves(tiny_lm, [reqs[:5], reqs[5:6], reqs[6:20], reqs[20:]])
+    for r in reqs:
+        assert got[r.seq_id] == tiny_lm.reference(r.prompt_ids, r.max_new_tokens), r.seq_id
+
+
+def test_filter_trims_padding_and_keeps_order(tiny_llama: TinyLM) -> None:
+    reqs = [
+        SequenceRequest(1, list(range(10, 60)), SamplingParams(max_new_tokens=5)),
+        SequenceRequest(2, list(range(10, 15)), SamplingParams(max_new_tokens=5)),
+        SequenceRequest(3, list(range(10, 20)), SamplingParams(max_new_tokens=5)),
+    ]
+    batch = CausalLMBatch.from_requests(reqs, tiny_llama.tokenizer.pad_token_id)
+    assert batch.width == 50
+    batch.prefill(tiny_llama.model)
+    kept = batch.filter([3, 2, 99])
+    assert kept is not None
+    assert kept.seq_ids == [2, 3]
+    assert kept.width == 10
+    assert kept.attention_mask.tolist()[0] == [0] * 5 + [1] * 5
+    assert kept.cache.layers[0].keys.shape[0] == 2
+    assert kept.cache.layers[0].keys.shape[2] == 10
+    assert kept.filter([]) is None
+
+
+def test_per_row_sampling_params_do_not_leak(tiny_llama: TinyLM) -> None:
+    prompt = list(range(30, 60))
+    greedy = SequenceRequest(1, prompt, SamplingParams(max_new_tokens=12))
+    gen = torch.Generator().manual_seed(7)
+    hot = SequenceRequest(2, prompt, SamplingParams(max_new_tokens=12, temperature=1.5), gen)
+    got = _run_waves(tiny_llama, [[greedy, hot]])
+    assert got[1] == tiny_llama.reference(prompt, 12)
+    assert len(got[2]) == 12
+
+
+def test_seeded_sampling_is_reproducible_across_batches(tiny_llama: TinyLM) -> None:
+    prompt = list(range(30, 50))
+    params = SamplingParams(max_new_tokens=10, temperature=0.8, top_k=50, top_p=0.9, seed=3)
+
+    def sampled(others: int) -> list[int]:
+        req = SequenceRequest(0, prompt, params, torch.Generator().manual_seed(3))
+        return _run_waves(tiny_llama, [[req, *_requests(others, seed=others, start_id=1)]])[0]
+
+    assert sampled(0) == sampled(0)
+
+
+def test_token_level_stop_and_eos(tiny_llama: TinyLM) -> None:
+    prompt = list(range(100, 130))
+    alone = tiny_llama.reference(prompt, 10)
+    stop = tuple(alone[2:4])
+    req = SequenceRequest(1, prompt, SamplingParams(max_new_tokens=10), stop_token_ids=(stop,))
+    batch = CausalLMBatch.from_requests([req], tiny_llama.tokenizer.pad_token_id)
+    finishes = [g.finish for g in batch.prefill(tiny_llama.model)]
+    while finishes[-1] is None:
+        finishes += [g.finish for g in batch.decode(tiny_llama.model)]
+    assert finishes[-1] is FinishReason.STOP_SEQUENCE
+    assert len(finishes) <= 4
+    eos = SequenceRequest(2, prompt, SamplingParams(max_new_tokens=10))
+    batch = CausalLMBatch.from_requests([eos], 0, eos_ids=[alone[0]])
+    assert batch.prefill(tiny_llama.model)[0].finish is FinishReason.EOS
+
+
+def test_contract_errors(tiny_llama: TinyLM) -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        CausalLMBatch.from_requests([], 0)
+    with pytest.raises(ValueError, match="empty prompt"):
+        CausalLMBatch.from_requests([SequenceRequest(1, [], SamplingParams(1))], 0)
+    with pytest.raises(ValueError, match="non-empty"):
+        CausalLMBatch.concatenate([])
+    batch = CausalLMBatch.from_requests([SequenceRequest(1, [5], SamplingParams(1))], 0)
+    with pytest.raises(RuntimeError, match="before prefill"):
+        batch.decode(tiny_llama.model)
+    assert eos_token_ids(tiny_llama.model, tiny_llama.tokenizer) == sorted(tiny_llama.eos)
