@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SOURCES := pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd proto/optiserve/v1/*.proto)
 
-.PHONY: serve test lint typecheck pytest setup system-deps clean
+.PHONY: serve test lint typecheck pytest setup system-deps node-deps clean
 
 $(STAMP): $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ system-deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
+# The Node.js client's test needs its npm packages (skipped where node is absent).
+node-deps:
+	@if command -v npm >/dev/null 2>&1; then \
+	  test -d clients/node/node_modules/@grpc/grpc-js || (cd clients/node && npm ci --silent --no-audit --no-fund); \
+	fi
+
 serve: $(STAMP)
 	$(BIN)/optiserve serve $(if $(CONFIG),--config $(CONFIG),)
 
@@ -39,7 +45,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) system-deps
+pytest: $(STAMP) system-deps node-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test: lint typecheck pytest
