@@ -1,4 +1,5 @@
 # cython: language_level=3
+# distutils: extra_compile_args = -O3
 """Cython token bookkeeping for continuous batching (twin: ``optiserve._batching_py``).
 
 Every function here has a pure-Python/numpy twin with the same signature and results;
@@ -11,6 +12,7 @@ import numpy as np
 cimport cython
 from libc.stdint cimport int8_t, int64_t
 from libc.stdlib cimport free, malloc, qsort
+from libc.string cimport memcpy, memset
 from cpython.ref cimport PyObject
 
 
@@ -23,20 +25,44 @@ cdef extern from "Python.h":
 
 
 cdef inline void _fill_row(
-    int64_t[:, ::1] ids_v, int64_t[:, ::1] mask_v, int64_t[:, ::1] pos_v,
-    Py_ssize_t row, Py_ssize_t n, Py_ssize_t width, int64_t pad_id, bint left_pad,
+    int64_t* ids, int64_t* mask, int64_t* pos,
+    Py_ssize_t n, Py_ssize_t width, int64_t pad_id, bint left_pad,
 ) noexcept nogil:
-    """Write the padding cells of one row (the token cells are written by the caller)."""
-    cdef Py_ssize_t j, start = width - n if left_pad else 0
-    cdef Py_ssize_t pad_lo = 0 if left_pad else n
-    cdef Py_ssize_t pad_hi = width - n if left_pad else width
-    for j in range(pad_lo, pad_hi):
-        ids_v[row, j] = pad_id
-        mask_v[row, j] = 0
-        pos_v[row, j] = 0
+    """Write one row's padding cells and its mask and positions (ids written by caller).
+
+    One simple loop (or memset) per array and region, so the compiler vectorizes them.
+    """
+    cdef Py_ssize_t j, pad = width - n
+    cdef Py_ssize_t lo = 0 if left_pad else n
+    cdef Py_ssize_t start = pad if left_pad else 0
+    if pad_id == 0:
+        memset(ids + lo, 0, pad * sizeof(int64_t))
+    else:
+        for j in range(lo, lo + pad):
+            ids[j] = pad_id
+    memset(mask + lo, 0, pad * sizeof(int64_t))
+    memset(pos + lo, 0, pad * sizeof(int64_t))
+    mask += start
+    pos += start
     for j in range(n):
-        mask_v[row, start + j] = 1
-        pos_v[row, start + j] = j
+        mask[j] = 1
+    for j in range(n):
+        pos[j] = j
+
+
+cdef inline int _copy_ints(PyObject* seq, bint is_list, int64_t* out, Py_ssize_t n) except -1:
+    """Unbox ``n`` Python ints of a list or tuple into ``out`` (borrowed item pointers)."""
+    cdef Py_ssize_t j
+    cdef int64_t value
+    if is_list:
+        for j in range(n):
+            value = <object>PyList_GET_ITEM(seq, j)
+            out[j] = value
+    else:
+        for j in range(n):
+            value = <object>PyTuple_GET_ITEM(seq, j)
+            out[j] = value
+    return 0
 
 
 def collate(seqs, int64_t pad_id, bint left_pad=True, Py_ssize_t pad_to=0):
@@ -44,45 +70,55 @@ def collate(seqs, int64_t pad_id, bint left_pad=True, Py_ssize_t pad_to=0):
 
     ``L = max(max(len(s)), pad_to)``. Real tokens have mask 1 and positions 0..len-1;
     padding has ``pad_id``, mask 0 and position 0. ``left_pad`` puts padding first.
-    Rows may be lists or tuples of ints (read without creating objects) or int arrays.
+    Rows may be lists or tuples of ints (unboxed in place) or int arrays.
     """
-    cdef Py_ssize_t batch = len(seqs)
-    cdef Py_ssize_t width = pad_to if pad_to > 0 else 0
-    cdef Py_ssize_t row, j, n, start
-    cdef const int64_t[::1] src
-    cdef PyObject* obj
     cdef list rows = list(seqs)
-    cdef Py_ssize_t[::1] lens = np.empty(batch, dtype=np.intp)
-    for row in range(batch):
-        n = len(rows[row])
-        lens[row] = n
-        if n > width:
-            width = n
-    ids = np.empty((batch, width), dtype=np.int64)
-    mask = np.empty((batch, width), dtype=np.int64)
-    pos = np.empty((batch, width), dtype=np.int64)
-    cdef int64_t[:, ::1] ids_v = ids
-    cdef int64_t[:, ::1] mask_v = mask
-    cdef int64_t[:, ::1] pos_v = pos
-    for row in range(batch):
-        n = lens[row]
-        start = width - n if left_pad else 0
-        seq = rows[row]
-        obj = <PyObject*>seq
-        if type(seq) is list:
-            for j in range(n):
-                ids_v[row, start + j] = PyLong_AsLongLong(PyList_GET_ITEM(obj, j))
-        elif type(seq) is tuple:
-            for j in range(n):
-                ids_v[row, start + j] = PyLong_AsLongLong(PyTuple_GET_ITEM(obj, j))
-        else:
-            src = np.ascontiguousarray(seq, dtype=np.int64)
-            with nogil:
-                for j in range(n):
-                    ids_v[row, start + j] = src[j]
-        with nogil:
-            _fill_row(ids_v, mask_v, pos_v, row, n, width, pad_id, left_pad)
-    return ids, mask, pos
+    cdef Py_ssize_t batch = len(rows)
+    cdef Py_ssize_t width = pad_to if pad_to > 0 else 0
+    cdef Py_ssize_t row, n, start
+    cdef const int64_t[::1] src
+    cdef object seq
+    cdef int64_t[:, ::1] ids_v, mask_v, pos_v
+    cdef int64_t* ids_p
+    cdef int64_t* mask_p
+    cdef int64_t* pos_p
+    cdef Py_ssize_t* lens = <Py_ssize_t*>malloc((batch + 1) * sizeof(Py_ssize_t))
+    if lens == NULL:
+        raise MemoryError()
+    try:
+        for row in range(batch):
+            n = len(rows[row])
+            lens[row] = n
+            if n > width:
+                width = n
+        # One allocation for the three outputs: fewer allocator round trips, and a large
+        # block the allocator keeps instead of returning (and page-faulting) every call.
+        out = np.empty((3, batch, width), dtype=np.int64)
+        ids, mask, pos = out[0], out[1], out[2]
+        if batch == 0 or width == 0:
+            return ids, mask, pos
+        ids_v = ids
+        mask_v = mask
+        pos_v = pos
+        ids_p = &ids_v[0, 0]
+        mask_p = &mask_v[0, 0]
+        pos_p = &pos_v[0, 0]
+        for row in range(batch):
+            n = lens[row]
+            start = width - n if left_pad else 0
+            seq = rows[row]
+            if type(seq) is list or type(seq) is tuple:
+                _copy_ints(<PyObject*>seq, type(seq) is list, ids_p + row * width + start, n)
+            elif n:
+                src = np.ascontiguousarray(seq, dtype=np.int64)
+                memcpy(ids_p + row * width + start, &src[0], n * sizeof(int64_t))
+            _fill_row(
+                ids_p + row * width, mask_p + row * width, pos_p + row * width,
+                n, width, pad_id, left_pad,
+            )
+        return ids, mask, pos
+    finally:
+        free(lens)
 
 
 cdef int _cmp_int64(const void* a, const void* b) noexcept nogil:

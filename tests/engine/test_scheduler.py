@@ -85,7 +85,8 @@ async def test_greedy_batch_of_32_equals_alone(tiny_lm: TinyLM) -> None:
             await asyncio.sleep(0.002 * (i % 8))  # staggered arrivals: admitted mid-batch
             tokens, _, completion = await collect(scheduler.submit(prompt, greedy(max_new)))
             assert completion is not None
-            assert completion.completion_tokens == len(tokens)
+            eos = completion.finish_reason is FinishReason.EOS
+            assert completion.completion_tokens == len(tokens) - eos
             assert completion.prompt_tokens == len(prompt)
             return tokens
 

@@ -68,7 +68,13 @@ class TokenEvent:
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """The last event of a sequence: why it ended, its token counts and timings (ms)."""
+    """The last event of a sequence: why it ended, its token counts and timings.
+
+    ``completion_tokens`` counts the generated tokens without a final end-of-sequence
+    token (which is still delivered as a :class:`TokenEvent` with its id). Durations are in
+    milliseconds from submission; ``first_token_at``/``last_token_at`` are
+    ``time.monotonic()`` instants.
+    """
 
     finish_reason: FinishReason
     prompt_tokens: int
@@ -76,6 +82,8 @@ class Completion:
     queued_ms: float
     ttft_ms: float
     total_ms: float
+    first_token_at: float
+    last_token_at: float
 
 
 SequenceEvent = TokenEvent | Completion
@@ -523,10 +531,12 @@ class Scheduler:
         return Completion(
             finish_reason=finish,
             prompt_tokens=len(seq.request.prompt_ids),
-            completion_tokens=seq.tokens,
+            completion_tokens=seq.tokens - (finish is FinishReason.EOS),
             queued_ms=(seq.admitted - seq.submitted) * 1000.0,
             ttft_ms=(seq.first_token - seq.submitted) * 1000.0,
             total_ms=(now - seq.submitted) * 1000.0,
+            first_token_at=seq.first_token,
+            last_token_at=seq.last_token,
         )
 
     def _post(self, handle: SequenceHandle, item: SequenceEvent | OptiserveError) -> None:
