@@ -11,6 +11,7 @@ memcpy floor). Prints one JSON line last.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
@@ -88,8 +89,8 @@ def main() -> None:
     }
     for name, (call, number) in cases.items():
         assert np.array_equal(np.asarray(call(ext)[0]), np.asarray(call(py)[0])), name
-        t_twin = best_of(lambda c=call: c(py), 5, max(1, number // 10))
-        t_cy = best_of(lambda c=call: c(ext), 7, number)
+        t_twin = best_of(functools.partial(call, py), 5, max(1, number // 10))
+        t_cy = best_of(functools.partial(call, ext), 7, number)
         result[f"{name}_speedup_vs_python"] = round(t_twin / t_cy, 1)
     print(json.dumps(result))
 

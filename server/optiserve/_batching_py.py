@@ -17,7 +17,7 @@ Int8Array = npt.NDArray[np.int8]
 
 
 def collate(
-    seqs: Sequence[Sequence[int]], pad_id: int, left_pad: bool = True, pad_to: int = 0
+    seqs: Sequence[Sequence[int] | Int64Array], pad_id: int, left_pad: bool = True, pad_to: int = 0
 ) -> tuple[Int64Array, Int64Array, Int64Array]:
     """Pad token lists into ``(input_ids, attention_mask, position_ids)``, each ``[B, L]``.
 
