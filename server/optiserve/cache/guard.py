@@ -1,0 +1,238 @@
+"""The false-hit guard: after a vector match, decide whether two questions mean the same.
+
+A vector match says two questions are about the same thing; it does not say they ask the
+same thing ("How do I lose weight?" / "How do I gain weight?" are close in MiniLM space).
+The guard looks at cheap, general features of the pair and a small logistic model turns them
+into a probability that the cached answer answers the new question:
+
+* cosine similarity of the embeddings (and its square: the model bends at the top);
+* numbers: a number in one question and not the other (``iPhone 6`` vs ``iPhone 7``);
+* negation: a different count of negation words (``not``, ``never``, ``n't``, ...);
+* named entities: capitalised words / acronyms present in one question only;
+* question type: a different wh-word (how/why/what/when/where/who/which/how many...);
+* lexical overlap: Jaccard of content words, and the share of content words of each side
+  missing from the other (a pair that differs by one content word is what QQP's hard
+  negatives look like);
+* length ratio.
+
+The weights live in ``guard_weights.json`` next to this module, trained by
+``python -m optiserve.cache.train_guard`` on one fixed half of ``qqp_dev.jsonl`` (seed
+fixed, numpy only) and reported on the other half by ``benchmarks/semantic_cache.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+WEIGHTS_FILE = Path(__file__).with_name("guard_weights.json")
+
+_TOKEN = re.compile(r"[A-Za-z0-9]+(?:[.'’][A-Za-z0-9]+)*")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+_NEGATIONS = _words(
+    "not no never none nothing nobody nowhere neither nor without cannot cant dont doesnt didnt "
+    "isnt arent wasnt werent wont wouldnt shouldnt couldnt hasnt havent hadnt mustnt neednt "
+    "aint "
+)
+_WH = ("how many", "how much", "how long", "how old", "how often", "how far")
+_WH_SINGLE = ("what", "why", "how", "when", "where", "who", "whom", "whose", "which")
+_STOPWORDS = _words(
+    "a an the is are was were be been being am do does did doing have has had having i me my we "
+    "our you your he him his she her it its they them their this that these those of in on at "
+    "to for with by from up down out off over under about into onto as and or but if so than "
+    "then there here can could should would will shall may might must what why how when where "
+    "who whom whose which some any all much many more most very just also get got best good way "
+    "ways one s t "
+)
+
+FEATURES = (
+    "cosine",
+    "cosine_sq",
+    "number_mismatch",
+    "negation_mismatch",
+    "entity_mismatch",
+    "wh_mismatch",
+    "jaccard",
+    "missing_max",
+    "missing_min",
+    "length_ratio",
+)
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    words: tuple[str, ...]
+    content: frozenset[str]
+    numbers: frozenset[str]
+    negations: int
+    entities: frozenset[str]
+    wh: str
+
+
+def _normalise_word(word: str) -> str:
+    return word.lower().replace("’", "'").replace("'", "")
+
+
+def _wh_word(lower: str) -> str:
+    for phrase in _WH:
+        if phrase in lower:
+            return str(phrase)
+    for word in re.findall(r"[a-z]+", lower):
+        if word in _WH_SINGLE:
+            return str(word)
+    return ""
+
+
+def _stem(word: str) -> str:
+    """A tiny suffix stripper so plural/tense variants count as the same word."""
+    for suffix in ("ing", "ed", "es", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def parse(text: str) -> _Parsed:
+    """The features of one question that do not depend on the other one."""
+    raw = _TOKEN.findall(text)
+    words = tuple(_normalise_word(w) for w in raw)
+    entities = frozenset(
+        w.lower()
+        for i, w in enumerate(raw)
+        if (i > 0 and w[:1].isupper() and not w.isupper())
+        or (len(w) >= 2 and w.isupper() and w.isalpha())
+    )
+    return _Parsed(
+        words=words,
+        content=frozenset(_stem(w) for w in words if w not in _STOPWORDS),
+        numbers=frozenset(n.replace(",", "") for n in _NUMBER.findall(text)),
+        negations=sum(
+            1
+            for w in words
+            if w in _NEGATIONS
+            or (
+                w.endswith("nt")
+                and w[:-2]
+                in {
+                    "do",
+                    "does",
+                    "did",
+                    "is",
+                    "are",
+                    "was",
+                    "were",
+                    "wo",
+                    "ca",
+                    "could",
+                    "would",
+                    "should",
+                    "has",
+                    "have",
+                    "had",
+                }
+            )
+        ),
+        entities=entities,
+        wh=_wh_word(text.lower()),
+    )
+
+
+def features(a: str, b: str, cosine: float) -> npt.NDArray[np.float64]:
+    """The guard's feature vector of the pair (order as in :data:`FEATURES`)."""
+    pa, pb = parse(a), parse(b)
+    union = pa.content | pb.content
+    inter = pa.content & pb.content
+    jaccard = len(inter) / len(union) if union else 1.0
+    miss_a = len(pa.content - pb.content) / max(1, len(pa.content))
+    miss_b = len(pb.content - pa.content) / max(1, len(pb.content))
+    la, lb = len(pa.words), len(pb.words)
+    entity_diff = pa.entities ^ pb.entities
+    # An entity that appears as an ordinary word on the other side is not a mismatch.
+    entity_diff = frozenset(e for e in entity_diff if e not in pa.words or e not in pb.words)
+    return np.array(
+        [
+            cosine,
+            cosine * cosine,
+            1.0 if pa.numbers != pb.numbers else 0.0,
+            1.0 if (pa.negations > 0) != (pb.negations > 0) else 0.0,
+            min(len(entity_diff), 3) / 3.0,
+            1.0 if pa.wh != pb.wh else 0.0,
+            jaccard,
+            max(miss_a, miss_b),
+            min(miss_a, miss_b),
+            min(la, lb) / max(1, la, lb),
+        ],
+        dtype=np.float64,
+    )
+
+
+@dataclass(frozen=True)
+class GuardVerdict:
+    """The guard's decision on one match."""
+
+    accepted: bool
+    probability: float
+    #: Short reason for the decision trace, e.g. "accept p=0.97" or "reject number p=0.12".
+    reason: str
+
+
+class Guard:
+    """Logistic model over :func:`features`; accepts a match when p ≥ ``threshold``."""
+
+    def __init__(
+        self,
+        weights: npt.NDArray[np.float64],
+        bias: float,
+        mean: npt.NDArray[np.float64],
+        scale: npt.NDArray[np.float64],
+        threshold: float,
+    ) -> None:
+        self.weights = weights
+        self.bias = bias
+        self.mean = mean
+        self.scale = scale
+        self.threshold = threshold
+
+    @classmethod
+    def load(cls, path: str | Path = "", threshold: float | None = None) -> Guard:
+        """Load weights (default: the shipped file); ``threshold`` overrides the calibrated one."""
+        data = json.loads(Path(path or WEIGHTS_FILE).read_text())
+        if list(data["features"]) != list(FEATURES):
+            raise ValueError(f"guard weights {path} were trained on other features")
+        return cls(
+            weights=np.asarray(data["weights"], dtype=np.float64),
+            bias=float(data["bias"]),
+            mean=np.asarray(data["mean"], dtype=np.float64),
+            scale=np.asarray(data["scale"], dtype=np.float64),
+            threshold=float(data["threshold"] if threshold is None else threshold),
+        )
+
+    def probability(self, a: str, b: str, cosine: float) -> float:
+        """Probability that ``a`` and ``b`` ask the same question."""
+        return self.probability_of(features(a, b, cosine))
+
+    def probability_of(self, x: npt.NDArray[np.float64]) -> float:
+        """Probability for a precomputed feature vector."""
+        z = float(((x - self.mean) / self.scale) @ self.weights + self.bias)
+        return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
+
+    def check(self, cached_query: str, query: str, cosine: float) -> GuardVerdict:
+        """Accept or reject serving ``cached_query``'s answer to ``query``."""
+        x = features(cached_query, query, cosine)
+        p = self.probability_of(x)
+        if p >= self.threshold:
+            return GuardVerdict(True, p, f"accept p={p:.3f}")
+        why = [name for name, v in zip(FEATURES[2:6], x[2:6], strict=True) if v > 0]
+        label = ",".join(n.removesuffix("_mismatch") for n in why) or "low-score"
+        return GuardVerdict(False, p, f"reject {label} p={p:.3f}")

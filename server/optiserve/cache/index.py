@@ -1,0 +1,203 @@
+"""FAISS inner-product vector indexes with add and remove by id, one per partition.
+
+Vectors are L2-normalised, so inner product is cosine similarity. A partition's index is
+exact (``IndexFlatIP`` behind an ``IndexIDMap2``) until it holds ``flat_max_entries``
+vectors, then it is rebuilt as HNSW (``IndexHNSWFlat``). HNSW cannot delete, so removals
+there are tombstones filtered out of results and the graph is rebuilt when a quarter of it
+is dead. GPU FAISS is used for flat indexes when the installed faiss has GPU support and a
+GPU is present (same answers: exact search); the log says which.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+
+_configured = False
+_gpu_resources: Any = None
+
+
+def configure_faiss(threads: int = 1) -> bool:
+    """Set FAISS's process-wide knobs once; return True when GPU FAISS will be used."""
+    global _configured, _gpu_resources
+    if not _configured:
+        faiss.cvar.distance_compute_blas_threshold = 16
+        faiss.omp_set_num_threads(max(1, threads))
+        if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+            _gpu_resources = faiss.StandardGpuResources()
+            logger.info("semantic cache: FAISS on GPU (%d GPUs)", faiss.get_num_gpus())
+        else:
+            logger.info("semantic cache: FAISS on CPU (no GPU build or no GPU present)")
+        _configured = True
+    return _gpu_resources is not None
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """How partition indexes are built."""
+
+    dim: int = 384
+    flat_max_entries: int = 50_000
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 64
+    hnsw_ef_construction: int = 80
+    use_gpu: bool = True
+
+
+def new_hnsw(params: IndexParams) -> faiss.Index:
+    """An empty HNSW inner-product index with ids (``IndexIDMap2``)."""
+    hnsw = faiss.IndexHNSWFlat(params.dim, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = params.hnsw_ef_construction
+    hnsw.hnsw.efSearch = params.hnsw_ef_search
+    return faiss.IndexIDMap2(hnsw)
+
+
+def set_ef_search(index: faiss.Index, ef_search: int) -> None:
+    """Set the search breadth of an HNSW index wrapped in an id map."""
+    inner = faiss.downcast_index(index.index)  # type: ignore[attr-defined]
+    if isinstance(inner, faiss.IndexHNSW):
+        inner.hnsw.efSearch = ef_search
+
+
+class PartitionIndex:
+    """One partition's vectors: exact below ``flat_max_entries``, HNSW above. Thread-safe."""
+
+    def __init__(self, params: IndexParams) -> None:
+        self.params = params
+        self._lock = threading.Lock()
+        self._vectors: dict[int, FloatArray] = {}
+        self._dead: set[int] = set()
+        self._hnsw = False
+        self._gpu = bool(params.use_gpu and configure_faiss())
+        self._index = self._new_flat()
+
+    def _new_flat(self) -> faiss.Index:
+        flat = faiss.IndexFlatIP(self.params.dim)
+        if self._gpu:
+            return faiss.IndexIDMap(faiss.index_cpu_to_gpu(_gpu_resources, 0, flat))
+        return faiss.IndexIDMap2(flat)
+
+    @property
+    def _tombstones(self) -> bool:
+        """HNSW and GPU indexes cannot delete in place: removals are filtered, then rebuilt."""
+        return self._hnsw or self._gpu
+
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+    @property
+    def kind(self) -> str:
+        """ "hnsw" or "flat"."""
+        return "hnsw" if self._hnsw else "flat"
+
+    def add(self, ids: npt.NDArray[np.int64], vectors: FloatArray) -> None:
+        """Add vectors under ids (an id already present is replaced)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.params.dim)
+        ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        with self._lock:
+            present = [int(i) for i in ids if int(i) in self._vectors]
+            if present:
+                self._remove_locked(present)
+            for i, v in zip(ids, vectors, strict=True):
+                self._vectors[int(i)] = v
+                self._dead.discard(int(i))
+            if not self._hnsw and len(self._vectors) > self.params.flat_max_entries:
+                self._rebuild_locked(hnsw=True)
+            else:
+                self._index.add_with_ids(vectors, ids)
+
+    def remove(self, ids: list[int]) -> None:
+        """Remove ids (unknown ids are ignored)."""
+        with self._lock:
+            self._remove_locked([i for i in ids if i in self._vectors])
+
+    def _remove_locked(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        for i in ids:
+            self._vectors.pop(i, None)
+        if self._tombstones:
+            self._dead.update(ids)
+            if len(self._dead) > max(1000, len(self._vectors) // 4):
+                self._rebuild_locked(hnsw=self._hnsw)
+        else:
+            self._index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64)))
+
+    def _rebuild_locked(self, *, hnsw: bool) -> None:
+        index = new_hnsw(self.params) if hnsw else self._new_flat()
+        if self._vectors:
+            ids = np.fromiter(self._vectors.keys(), dtype=np.int64, count=len(self._vectors))
+            index.add_with_ids(np.stack(list(self._vectors.values())), ids)
+        self._index = index
+        self._dead.clear()
+        if hnsw and not self._hnsw:
+            logger.info("semantic cache partition grew past %d: now HNSW", len(self._vectors))
+        self._hnsw = hnsw
+
+    def search(self, vector: FloatArray, k: int = 1) -> list[tuple[int, float]]:
+        """Up to ``k`` (id, cosine) pairs, best first."""
+        query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.params.dim)
+        with self._lock:
+            if not self._vectors:
+                return []
+            want = k + len(self._dead) if self._tombstones else k
+            scores, ids = self._index.search(query, min(want, max(k, 1) + 64))
+            dead = self._dead
+        out: list[tuple[int, float]] = []
+        for i, s in zip(ids[0], scores[0], strict=True):
+            if i < 0 or int(i) in dead:
+                continue
+            out.append((int(i), float(s)))
+            if len(out) == k:
+                break
+        return out
+
+
+class VectorIndex:
+    """Partition name -> :class:`PartitionIndex`; never searches across partitions."""
+
+    def __init__(self, params: IndexParams) -> None:
+        self.params = params
+        self._partitions: dict[str, PartitionIndex] = {}
+        self._lock = threading.Lock()
+        configure_faiss()
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in list(self._partitions.values()))
+
+    def add(self, partition: str, entry_id: int, vector: FloatArray) -> None:
+        """Index ``vector`` under ``entry_id`` in ``partition``."""
+        with self._lock:
+            index = self._partitions.get(partition)
+            if index is None:
+                index = self._partitions[partition] = PartitionIndex(self.params)
+        index.add(np.asarray([entry_id], dtype=np.int64), vector)
+
+    def remove(self, partition: str, entry_id: int) -> None:
+        """Drop ``entry_id`` from ``partition``; an empty partition is forgotten."""
+        with self._lock:
+            index = self._partitions.get(partition)
+            if index is None:
+                return
+            index.remove([entry_id])
+            if len(index) == 0:
+                del self._partitions[partition]
+
+    def search(self, partition: str, vector: FloatArray, k: int = 1) -> list[tuple[int, float]]:
+        """Best ``k`` (id, cosine) matches inside ``partition`` only."""
+        index = self._partitions.get(partition)
+        return index.search(vector, k) if index is not None else []
+
+    def partitions(self) -> int:
+        """Number of non-empty partitions."""
+        return len(self._partitions)

@@ -1,0 +1,131 @@
+"""Semantic layer end to end through the facade: hits, guard rejections, partitions."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from cachehelpers import chat
+
+from optiserve.cache import ResponseCache
+from optiserve.cache.embedder import Embedder
+from optiserve.cache.index import IndexParams, PartitionIndex
+from optiserve.engine.types import CacheLayer, CacheOutcome, FinishReason
+
+Factory = Callable[..., ResponseCache]
+
+
+def test_embedder_matches_sentence_transformers(embedder: Embedder) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["How do I reset my password?", "FAISS is a vector index.", ""]
+    reference = SentenceTransformer(str(embedder.path), device="cpu").encode(
+        texts, normalize_embeddings=True
+    )
+    ours = embedder.embed_many(texts)
+    assert ours.shape == (3, 384)
+    assert float(np.min(np.sum(ours * reference, axis=1))) > 0.9999
+
+
+def test_empty_and_oversized_text(embedder: Embedder) -> None:
+    empty = embedder.embed("")
+    huge = embedder.embed("word " * 20_000)
+    for v in (empty, huge):
+        assert v.shape == (384,)
+        assert np.isfinite(v).all()
+        assert abs(float(np.linalg.norm(v)) - 1.0) < 1e-4
+    assert embedder.count_tokens("word " * 20_000) == embedder.max_tokens
+
+
+async def test_paraphrase_hits_with_trace(make_cache: Factory) -> None:
+    cache = make_cache()
+    await cache.store(
+        chat("How do I reset my password?"), "m", "Click 'forgot'.", 4, 0.002, FinishReason.EOS
+    )
+    result = await cache.lookup(chat("How can I reset my password?"), "m")
+    assert result.entry is not None
+    assert result.entry.layer is CacheLayer.SEMANTIC
+    assert result.entry.text == "Click 'forgot'."
+    semantic = result.trace[-1]
+    assert semantic.layer is CacheLayer.SEMANTIC
+    assert semantic.outcome is CacheOutcome.HIT
+    assert semantic.similarity > 0.9
+    assert semantic.entry_id == result.entry.entry_id
+    assert semantic.guard_verdict.startswith("accept")
+    assert result.trace[0].outcome is CacheOutcome.MISS  # exact layer first
+    assert cache.stats().semantic_hits == 1
+
+
+@pytest.mark.parametrize(
+    ("stored", "asked"),
+    [
+        ("Is Python a compiled language?", "Is Python not a compiled language?"),
+        ("What is 15% of 200?", "What is 15% of 300?"),
+        ("How do I install Python 2 on Ubuntu?", "How do I install Python 3 on Ubuntu?"),
+        ("What is the population of France?", "What is the population of Germany?"),
+        ("Why should I learn Java?", "Why shouldn't I learn Java?"),
+    ],
+)
+async def test_guard_refuses_different_meaning(
+    make_cache: Factory, stored: str, asked: str
+) -> None:
+    cache = make_cache(persist=False)
+    await cache.store(chat(stored), "m", "answer", 1, 0.001, FinishReason.EOS)
+    result = await cache.lookup(chat(asked, threshold=0.5), "m")
+    assert result.entry is None, result.trace
+    assert result.trace[-1].outcome in (CacheOutcome.REJECTED, CacheOutcome.MISS)
+
+
+async def test_no_cross_partition_hit(make_cache: Factory) -> None:
+    cache = make_cache(persist=False)
+    q = "What is the refund policy for annual plans?"
+    combos = list(itertools.product(("acme", "globex"), ("You are terse.", "You are verbose.")))
+    for tenant, system in combos:
+        await cache.store(
+            chat(q, tenant=tenant, system=system),
+            "m",
+            f"{tenant}|{system}",
+            5,
+            0.01,
+            FinishReason.EOS,
+        )
+    for tenant, system in combos:
+        for asked in (q, "What's the refund policy for annual plans?"):
+            result = await cache.lookup(chat(asked, tenant=tenant, system=system), "m")
+            assert result.entry is not None
+            assert result.entry.text == f"{tenant}|{system}"
+    # A tenant with no entry gets nothing even at threshold 0.
+    stranger = await cache.lookup(chat(q, tenant="initech", threshold=0.0), "m")
+    assert stranger.entry is None
+    other_model = await cache.lookup(chat(q, tenant="acme", system="You are terse."), "m2")
+    assert other_model.entry is None
+
+
+async def test_per_request_threshold(make_cache: Factory) -> None:
+    cache = make_cache(persist=False)
+    await cache.store(chat("How do I reset my password?"), "m", "a", 1, 0.0, FinishReason.EOS)
+    strict = await cache.lookup(chat("How can I reset my password?", threshold=1.0), "m")
+    assert strict.entry is None
+    assert strict.trace[-1].outcome is CacheOutcome.MISS
+
+
+def test_partition_index_flat_to_hnsw_and_remove() -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((300, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = PartitionIndex(IndexParams(dim=16, flat_max_entries=100, use_gpu=False))
+    index.add(np.arange(50), vectors[:50])
+    assert index.kind == "flat"
+    assert index.search(vectors[7])[0][0] == 7
+    index.remove([7])
+    assert index.search(vectors[7])[0][0] != 7
+    index.add(np.arange(50, 300), vectors[50:])
+    assert index.kind == "hnsw"
+    assert len(index) == 299
+    assert index.search(vectors[200])[0] == (200, pytest.approx(1.0, abs=1e-5))
+    index.remove([200])
+    assert all(i != 200 for i, _ in index.search(vectors[200], 5))
+    index.add(np.array([200]), vectors[200:201])
+    assert index.search(vectors[200])[0][0] == 200
