@@ -98,17 +98,109 @@ def sample_rows(
     return [int(t) for t in chosen]
 
 
-def _cache_layers(cache: Any) -> list[Any]:
-    """The layers of a transformers 5 cache, checked to be plain dynamic layers."""
+#: Spare KV columns allocated past the current length, so decode steps write in place.
+KV_HEADROOM = 64
+
+
+def _append_layer_class() -> type:
+    """A ``DynamicLayer`` that appends into a preallocated buffer instead of ``torch.cat``.
+
+    transformers' ``DynamicLayer.update`` concatenates, copying the whole layer cache every
+    decode step; this layer keeps ``KV_HEADROOM`` spare columns and writes new keys and
+    values in place, exposing ``keys``/``values`` as views of the buffer. Built lazily so
+    importing this module does not import transformers.
+    """
+    global _APPEND_LAYER
+    if _APPEND_LAYER is not None:
+        return _APPEND_LAYER
     from transformers.cache_utils import DynamicLayer
 
-    layers = list(getattr(cache, "layers", ()))
-    for layer in layers:
+    class AppendLayer(DynamicLayer):
+        """Dynamic KV layer with in-place appends (see :func:`_append_layer_class`)."""
+
+        _kbuf: torch.Tensor | None = None
+        _vbuf: torch.Tensor | None = None
+
+        def replace(self, keys: torch.Tensor, values: torch.Tensor, spare: int) -> None:
+            """Store ``keys``/``values`` (``[B, H, L, D]``) with ``spare`` free columns."""
+            b, h, n, d = keys.shape
+            self._kbuf = keys.new_empty((b, h, n + spare, d))
+            self._vbuf = values.new_empty((b, h, n + spare, values.shape[3]))
+            self._kbuf[:, :, :n] = keys
+            self._vbuf[:, :, :n] = values
+            self.keys = self._kbuf[:, :, :n]
+            self.values = self._vbuf[:, :, :n]
+            if not self.is_initialized:
+                self.dtype, self.device = keys.dtype, keys.device
+                self.is_initialized = True
+
+        def adopt(self, kbuf: torch.Tensor, vbuf: torch.Tensor, used: int) -> None:
+            """Take buffers whose first ``used`` columns hold the cache."""
+            self._kbuf, self._vbuf = kbuf, vbuf
+            self.keys = kbuf[:, :, :used]
+            self.values = vbuf[:, :, :used]
+
+        def _owns_current(self) -> bool:
+            return (
+                self._kbuf is not None
+                and self.keys is not None
+                and self.keys.data_ptr() == self._kbuf.data_ptr()
+                and self.keys.shape[0] == self._kbuf.shape[0]
+            )
+
+        def update(
+            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            new = key_states.shape[-2]
+            keys, values = self.keys, self.values
+            if not self.is_initialized or keys is None or values is None or keys.numel() == 0:
+                self.replace(key_states, value_states, KV_HEADROOM)
+                return key_states, value_states
+            used = keys.shape[-2]
+            if self._kbuf is None or not self._owns_current() or used + new > self._kbuf.shape[-2]:
+                self.replace(keys, values, max(KV_HEADROOM, new))
+            kbuf, vbuf = self._kbuf, self._vbuf
+            assert kbuf is not None and vbuf is not None
+            kbuf[:, :, used : used + new] = key_states
+            vbuf[:, :, used : used + new] = value_states
+            self.keys = kbuf[:, :, : used + new]
+            self.values = vbuf[:, :, : used + new]
+            return self.keys, self.values
+
+    _APPEND_LAYER = AppendLayer
+    return AppendLayer
+
+
+_APPEND_LAYER: type | None = None
+
+
+def new_cache(model: Any) -> Any:
+    """A ``DynamicCache`` for ``model`` whose layers append in place.
+
+    Raises NotImplementedError for models whose cache layers are not plain dynamic ones
+    (sliding windows, linear attention, ...): they cannot be re-padded row by row.
+    """
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache(config=model.config)
+    for layer in cache.layers:
         if type(layer) is not DynamicLayer:
             raise NotImplementedError(
                 f"continuous batching supports models with a plain DynamicLayer KV cache; "
                 f"this model uses {type(layer).__name__}. Serve it with max_batch_size=1."
             )
+    layer_class = _append_layer_class()
+    cache.layers = [layer_class() for _ in cache.layers]
+    return cache
+
+
+def _cache_layers(cache: Any) -> list[Any]:
+    """The layers of a cache made by :func:`new_cache`."""
+    layer_class = _append_layer_class()
+    layers = list(getattr(cache, "layers", ()))
+    if not all(type(layer) is layer_class for layer in layers):
+        raise TypeError("batch caches must come from optiserve.engine.batch.new_cache")
     return layers
 
 
@@ -191,9 +283,7 @@ class CausalLMBatch:
     @torch.inference_mode()
     def prefill(self, model: Any) -> list[Generation]:
         """Run the prompts through ``model``, filling a fresh KV cache; one token per row."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=model.config)
+        cache = new_cache(model)
         out = model(
             input_ids=self.input_ids,
             attention_mask=self.attention_mask,
@@ -312,8 +402,9 @@ class CausalLMBatch:
         cut = self.width - int(lengths.max()) + 1
         index = torch.from_numpy(keep).to(device)
         for layer in _cache_layers(self.cache):
-            layer.keys = layer.keys[index, :, cut:, :]
-            layer.values = layer.values[index, :, cut:, :]
+            layer.replace(
+                layer.keys[index, :, cut:, :], layer.values[index, :, cut:, :], KV_HEADROOM
+            )
         self.attention_mask = self.attention_mask[index, cut:]
         self.input_ids = self.input_ids[index]
         self.position_ids = self.position_ids[index]
@@ -343,18 +434,18 @@ class CausalLMBatch:
         merged: list[tuple[torch.Tensor, torch.Tensor]] = []
         for li in range(n_layers):
             ref = per_batch_layers[0][li].keys
-            shape = (total, ref.shape[1], width, ref.shape[3])
+            shape = (total, ref.shape[1], width + KV_HEADROOM, ref.shape[3])
             keys = ref.new_zeros(shape)
             values = per_batch_layers[0][li].values.new_zeros(shape)
             for bi, layers in enumerate(per_batch_layers):
                 r0, r1, c0 = int(starts[bi]), int(starts[bi + 1]), int(offsets[bi])
-                keys[r0:r1, :, c0:, :] = layers[li].keys
-                values[r0:r1, :, c0:, :] = layers[li].values
+                keys[r0:r1, :, c0:width, :] = layers[li].keys
+                values[r0:r1, :, c0:width, :] = layers[li].values
             merged.append((keys, values))
         for bi, b in enumerate(batches):
             mask[int(starts[bi]) : int(starts[bi + 1]), int(offsets[bi]) :] = b.attention_mask
         for layer, (keys, values) in zip(per_batch_layers[0], merged, strict=True):
-            layer.keys, layer.values = keys, values
+            layer.adopt(keys, values, width)
         merged_batch = cls(
             [row for b in batches for row in b.rows],
             torch.cat([b.input_ids for b in batches], dim=0),

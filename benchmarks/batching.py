@@ -1,0 +1,331 @@
+"""Continuous batching through the gRPC server against three baselines, on CPU.
+
+Workload (fixed seed): 64 requests, prompts of 16-256 tokens, max_new_tokens of 16-128, a
+tiny Llama (random weights), greedy decoding. Measured in one run:
+
+* the gRPC server (in process, ``optiserve.rpc.server.ServerThread``) driven by the async
+  client over StreamGenerate at concurrency 1, 8 and 32;
+* sequential one-at-a-time ``model.generate``;
+* ``model.generate`` on static left-padded batches of 32;
+* transformers' continuous batching (``init_continuous_batching``, paged cache) with
+  per-request max_new_tokens and a tuned config (best of a few settings).
+
+Throughput counts useful tokens only: each request's own generated tokens (up to its
+max_new_tokens or end-of-sequence). TTFT is the server-measured time to first token.
+If the server's local backend does not batch yet, a clearly marked shim routes it
+through ``optiserve.engine.scheduler.Scheduler`` (the integration the backend will do).
+Prints one JSON line last.
+
+    python benchmarks/batching.py [--threads 1] [--requests 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from optiserve.tinymodels import TinySpec, build_tiny_model
+
+OUT = Path(__file__).resolve().parent / "out"
+SPEC = TinySpec(arch="llama", hidden_size=128, layers=2, heads=4, context_length=512)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request of the workload."""
+
+    text: str
+    ids: list[int]
+    max_new: int
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def workload(tokenizer: Any, n: int, seed: int = 0) -> list[Job]:
+    """Random-token prompts of 16-256 tokens (as text the server re-tokenizes)."""
+    rng = random.Random(seed)
+    jobs = []
+    vocab = len(tokenizer)
+    for _ in range(n):
+        want = rng.randint(16, 256)
+        ids = [rng.randrange(4, vocab) for _ in range(want)]
+        text = tokenizer.decode(ids)
+        ids = list(tokenizer(text)["input_ids"])[:256]
+        text = tokenizer.decode(ids)
+        ids = list(tokenizer(text)["input_ids"])
+        jobs.append(Job(text, ids, rng.randint(16, 128)))
+    return jobs
+
+
+def useful(tokens: list[int], max_new: int, eos: set[int]) -> int:
+    """Generated tokens a request asked for: up to max_new or the first EOS (excluded)."""
+    count = 0
+    for t in tokens[:max_new]:
+        if t in eos:
+            break
+        count += 1
+    return count
+
+
+# ------------------------------------------------------------------ baselines
+
+
+@torch.inference_mode()
+def sequential_generate(model: Any, jobs: list[Job], eos: set[int]) -> tuple[int, float]:
+    """One request at a time with ``generate``."""
+    tokens = 0
+    start = time.perf_counter()
+    for job in jobs:
+        out = model.generate(
+            torch.tensor([job.ids]),
+            max_new_tokens=job.max_new,
+            do_sample=False,
+            attention_mask=torch.ones(1, len(job.ids), dtype=torch.long),
+        )
+        tokens += useful(out[0, len(job.ids) :].tolist(), job.max_new, eos)
+    return tokens, time.perf_counter() - start
+
+
+@torch.inference_mode()
+def static_generate(
+    model: Any, tokenizer: Any, jobs: list[Job], eos: set[int], size: int = 32
+) -> tuple[int, float]:
+    """``generate`` on left-padded static batches of ``size``; a batch runs to its longest."""
+    tokens = 0
+    start = time.perf_counter()
+    pad = tokenizer.pad_token_id
+    for i in range(0, len(jobs), size):
+        chunk = jobs[i : i + size]
+        width = max(len(j.ids) for j in chunk)
+        ids = torch.tensor([[pad] * (width - len(j.ids)) + j.ids for j in chunk])
+        mask = torch.tensor([[0] * (width - len(j.ids)) + [1] * len(j.ids) for j in chunk])
+        out = model.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=max(j.max_new for j in chunk),
+            do_sample=False,
+            pad_token_id=pad,
+        )
+        for row, job in enumerate(chunk):
+            tokens += useful(out[row, width:].tolist(), job.max_new, eos)
+    return tokens, time.perf_counter() - start
+
+
+@torch.inference_mode()
+def transformers_cb(
+    model: Any, jobs: list[Job], eos: set[int], max_batch_tokens: int, max_requests: int
+) -> tuple[int, float]:
+    """transformers' continuous batching with per-request max_new_tokens."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    gen = GenerationConfig(max_new_tokens=128, do_sample=False, eos_token_id=sorted(eos))
+    # Sized for this workload (every request resident at once): the default sizing reads
+    # free memory and allocates a huge CPU cache. Start-up and one warm-up request are not timed.
+    cb = ContinuousBatchingConfig(
+        page_size=32,
+        num_blocks=1024,
+        max_batch_tokens=max_batch_tokens,
+        max_requests_per_batch=max_requests,
+    )
+    manager = model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
+    manager.start()
+    try:
+        manager.add_request(jobs[0].ids, request_id="warmup", max_new_tokens=4)
+        while (warm := manager.get_result(timeout=120)) is None or not warm.is_finished():
+            if warm is None:
+                raise RuntimeError("transformers continuous batching did not start")
+        start = time.perf_counter()
+        wanted = {}
+        for i, job in enumerate(jobs):
+            rid = manager.add_request(job.ids, request_id=f"r{i}", max_new_tokens=job.max_new)
+            wanted[rid] = job
+        tokens = 0
+        done = 0
+        while done < len(jobs):
+            result = manager.get_result(timeout=60)
+            if result is None:
+                raise RuntimeError("transformers continuous batching stalled")
+            if result.is_finished():
+                if result.error:
+                    raise RuntimeError(result.error)
+                job = wanted[result.request_id]
+                tokens += useful(list(result.generated_tokens), job.max_new, eos)
+                done += 1
+        elapsed = time.perf_counter() - start
+    finally:
+        manager.stop(block=True, timeout=30)
+    return tokens, elapsed
+
+
+# ------------------------------------------------------------------ the server
+
+
+def install_scheduler_shim(app: Any) -> bool:
+    """Route local backends through the Scheduler if they do not batch yet (True if done)."""
+    from optiserve.backends.base import Completion as BackendCompletion
+    from optiserve.backends.local_hf import LocalHFBackend
+    from optiserve.engine.scheduler import Scheduler, TokenEvent
+    from optiserve.engine.scheduler_config import SchedulerConfig
+
+    installed = False
+    for _, backend in app.backends:
+        if not isinstance(backend, LocalHFBackend) or hasattr(backend, "scheduler"):
+            continue
+        installed = True
+        original_load = backend.load
+
+        def load(b: Any = backend, orig: Any = original_load) -> None:
+            orig()
+            b._shim_scheduler = Scheduler(
+                b._model, b._tokenizer, SchedulerConfig(), device=str(b._device), name="bench"
+            )
+            b._shim_scheduler.start()
+
+        async def stream(request: Any, params: Any, b: Any = backend) -> AsyncIterator[Any]:
+            handle = b._shim_scheduler.submit(b.encode(request), params, request.deadline)
+            try:
+                async for event in handle:
+                    if isinstance(event, TokenEvent):
+                        if event.text:
+                            yield event.text
+                    else:
+                        yield BackendCompletion(
+                            finish_reason=event.finish_reason,
+                            prompt_tokens=event.prompt_tokens,
+                            completion_tokens=event.completion_tokens,
+                            queued_ms=event.queued_ms,
+                            first_token_at=event.first_token_at,
+                            last_token_at=event.last_token_at,
+                        )
+            finally:
+                handle.cancel()
+
+        backend.load = load  # type: ignore[method-assign]
+        backend.stream = stream  # type: ignore[method-assign]
+    return installed
+
+
+async def drive(target: str, jobs: list[Job], concurrency: int) -> tuple[int, float, list[float]]:
+    """Send every job over StreamGenerate with ``concurrency`` in flight."""
+    from optiserve_client import AsyncClient
+
+    gate = asyncio.Semaphore(concurrency)
+    ttfts: list[float] = []
+    tokens = 0
+
+    async def one(client: Any, job: Job) -> None:
+        nonlocal tokens
+        async with gate:
+            async for chunk in client.stream(
+                job.text, max_new_tokens=job.max_new, temperature=0.0, cache_mode="bypass"
+            ):
+                if chunk.completion is not None:
+                    tokens += chunk.completion.usage.completion_tokens
+                    ttfts.append(chunk.completion.timings.time_to_first_token_ms)
+
+    async with AsyncClient(target, timeout=600) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(one(client, job) for job in jobs))
+        elapsed = time.perf_counter() - start
+    return tokens, elapsed, ttfts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--requests", type=int, default=64)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    path = build_tiny_model(OUT / "models" / "bench-llama", SPEC)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    eos = {int(tokenizer.eos_token_id)}
+    jobs = workload(tokenizer, args.requests)
+    log(
+        f"{len(jobs)} requests, prompt tokens {sum(len(j.ids) for j in jobs)}, "
+        f"max_new total {sum(j.max_new for j in jobs)}, threads {args.threads}"
+    )
+
+    from optiserve.config import Config, EngineConfig, LoggingConfig, ModelConfig, ServerConfig
+    from optiserve.rpc.server import ServerThread
+
+    config = Config(
+        server=ServerConfig(port=0, grace_period_s=5.0),
+        logging=LoggingConfig(level="WARNING", format="text"),
+        engine=EngineConfig(torch_threads=args.threads, max_queue=256),
+        models=(ModelConfig(name="bench", source=str(path), device="cpu", max_new_tokens_cap=512),),
+    )
+    server = ServerThread(config)
+    shim = install_scheduler_shim(server.app)
+    log(f"scheduler shim installed: {shim}")
+    server.start()
+    results: dict[str, tuple[int, float, list[float]]] = {}
+    try:
+        asyncio.run(drive(server.target, jobs[:4], 4))  # warm up
+        for c in (1, 8, 32):
+            results[f"c{c}"] = asyncio.run(drive(server.target, jobs, c))
+            tokens, elapsed, _ = results[f"c{c}"]
+            log(f"server c{c}: {tokens} tokens in {elapsed:.2f}s = {tokens / elapsed:.0f} tok/s")
+    finally:
+        server.stop()
+    torch.set_num_threads(args.threads)
+
+    seq_tokens, seq_s = sequential_generate(model, jobs, eos)
+    log(f"sequential generate: {seq_tokens} tokens in {seq_s:.2f}s")
+    static_tokens, static_s = static_generate(model, tokenizer, jobs, eos)
+    log(f"static batches of 32: {static_tokens} tokens in {static_s:.2f}s")
+    best_cb = 0.0
+    for max_tokens, max_requests in ((512, 32), (1024, 32), (2048, 64)):
+        try:
+            cb_tokens, cb_s = transformers_cb(model, jobs, eos, max_tokens, max_requests)
+        except Exception as exc:  # a config the CPU path cannot run: try the next one
+            log(f"transformers CB ({max_tokens}, {max_requests}) failed: {exc!r}")
+            continue
+        log(f"transformers CB ({max_tokens}, {max_requests}): {cb_tokens} tokens in {cb_s:.2f}s")
+        best_cb = max(best_cb, cb_tokens / cb_s)
+
+    def rate(key: str) -> float:
+        tokens, elapsed, _ = results[key]
+        return tokens / elapsed
+
+    ttft1 = statistics.median(results["c1"][2])
+    ttft32 = statistics.median(results["c32"][2])
+    print(
+        json.dumps(
+            {
+                "tokens_per_s_c1": round(rate("c1"), 1),
+                "tokens_per_s_c8": round(rate("c8"), 1),
+                "tokens_per_s_c32": round(rate("c32"), 1),
+                "speedup_vs_sequential": round(rate("c32") / (seq_tokens / seq_s), 2),
+                "speedup_vs_static": round(rate("c32") / (static_tokens / static_s), 2),
+                "speedup_vs_transformers_cb": round(rate("c32") / best_cb, 2) if best_cb else None,
+                "ttft_p50_ms_c1": round(ttft1, 1),
+                "ttft_p50_ms_c32": round(ttft32, 1),
+                "ttft_ratio_c32_vs_c1": round(ttft32 / ttft1, 2),
+                "threads": args.threads,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
