@@ -174,7 +174,7 @@ def transformers_cb(
 # ------------------------------------------------------------------ the server
 
 
-def install_scheduler_shim(app: Any) -> bool:
+def install_scheduler_shim(app: Any, max_queue: int = 256) -> bool:
     """Route local backends through the Scheduler if they do not batch yet (True if done)."""
     from optiserve.backends.base import Completion as BackendCompletion
     from optiserve.backends.local_hf import LocalHFBackend
@@ -191,7 +191,11 @@ def install_scheduler_shim(app: Any) -> bool:
         def load(b: Any = backend, orig: Any = original_load) -> None:
             orig()
             b._shim_scheduler = Scheduler(
-                b._model, b._tokenizer, SchedulerConfig(), device=str(b._device), name="bench"
+                b._model,
+                b._tokenizer,
+                SchedulerConfig(max_queue=max_queue),
+                device=str(b._device),
+                name="bench",
             )
             b._shim_scheduler.start()
 
