@@ -111,3 +111,22 @@ def test_replay_chunks() -> None:
     assert all(0 < len(c) <= 8 for c in chunks)
     assert list(replay_chunks("", 8)) == []
     assert list(replay_chunks("ab", 0)) == ["a", "b"]
+
+
+async def test_prometheus_counters(make_cache: Factory) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from optiserve.cache.metrics import register_cache_metrics
+
+    cache = make_cache(semantic_enabled=False)
+    registry = CollectorRegistry()
+    register_cache_metrics(cache, registry)
+    await cache.store(chat("q"), "m", "a", 7, 0.5, FinishReason.EOS)
+    await cache.lookup(chat("q"), "m")
+    await cache.lookup(chat("other"), "m")
+    text = generate_latest(registry).decode()
+    assert 'optiserve_cache_lookups_total{layer="exact",outcome="hit"} 1.0' in text
+    assert 'optiserve_cache_lookups_total{layer="all",outcome="miss"} 1.0' in text
+    assert "optiserve_cache_entries 1.0" in text
+    assert "optiserve_cache_cost_saved_usd_total 0.5" in text
+    assert "optiserve_cache_tokens_saved_total 7.0" in text

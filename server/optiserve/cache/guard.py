@@ -41,11 +41,19 @@ def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
+def _ordered(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
 _NEGATIONS = _words(
-    "not no never none nothing nobody nowhere neither nor without cannot cant dont doesnt didnt "
-    "isnt arent wasnt werent wont wouldnt shouldnt couldnt hasnt havent hadnt mustnt neednt "
+    "not no non never none nothing nobody nowhere neither nor without cannot cant dont doesnt "
+    "didnt isnt arent wasnt werent wont wouldnt shouldnt couldnt hasnt havent hadnt mustnt neednt "
     "aint "
 )
+_NEGATED_AUX = _words("do does did is are was were wo ca could would should has have had must need")
+#: A negation flip vetoes a match only when the rest of the wording mostly agrees (an
+#: "opposite question"); reworded paraphrases often move negations around.
+NEGATION_VETO_MAX_MISSING = 0.25
 _WH = ("how many", "how much", "how long", "how old", "how often", "how far")
 _WH_SINGLE = ("what", "why", "how", "when", "where", "who", "whom", "whose", "which")
 _STOPWORDS = _words(
@@ -81,6 +89,20 @@ class _Parsed:
     wh: str
 
 
+_NUMBER_WORDS = {
+    w: str(i)
+    for i, w in enumerate(
+        _ordered(
+            "zero _ two three four five six seven eight nine ten eleven twelve thirteen "
+            "fourteen fifteen sixteen seventeen eighteen nineteen twenty"
+        )
+    )
+}
+_NUMBER_WORDS.update({"thirty": "30", "forty": "40", "fifty": "50"})
+_NUMBER_WORDS.pop("_")  # "one" is mostly a pronoun ("which one"), not a number
+_SENTENCE_END = frozenset(".!?:;\n\"'`(")
+
+
 def _normalise_word(word: str) -> str:
     return word.lower().replace("’", "'").replace("'", "")
 
@@ -103,53 +125,94 @@ def _stem(word: str) -> str:
     return word
 
 
+def _is_negation(word: str) -> bool:
+    return word in _NEGATIONS or (word.endswith("nt") and word[:-2] in _NEGATED_AUX)
+
+
+def _sentence_start(text: str, at: int) -> bool:
+    """True when the token at ``at`` opens a sentence (so its capital says nothing)."""
+    before = text[:at].rstrip()
+    return not before or before[-1] in _SENTENCE_END
+
+
 def parse(text: str) -> _Parsed:
     """The features of one question that do not depend on the other one."""
-    raw = _TOKEN.findall(text)
-    words = tuple(_normalise_word(w) for w in raw)
-    entities = frozenset(
-        w.lower()
-        for i, w in enumerate(raw)
-        if (i > 0 and w[:1].isupper() and not w.isupper())
-        or (len(w) >= 2 and w.isupper() and w.isalpha())
-    )
+    matches = list(_TOKEN.finditer(text))
+    words = tuple(_normalise_word(m.group()) for m in matches)
+    entities: set[str] = set()
+    for m in matches:
+        w = m.group()
+        acronym = len(w) >= 2 and w.isupper() and w.isalpha()
+        proper = w[:1].isupper() and not w.isupper() and not _sentence_start(text, m.start())
+        if acronym or proper:
+            entities.add(_normalise_word(w))
+    numbers = {n.replace(",", "") for n in _NUMBER.findall(text)}
+    answer_no = bool(re.match(r"\s*no\s*[,.;!]", text, re.IGNORECASE))
+    numbers.update(_NUMBER_WORDS[w] for w in words if w in _NUMBER_WORDS)
     return _Parsed(
         words=words,
         content=frozenset(_stem(w) for w in words if w not in _STOPWORDS),
-        numbers=frozenset(n.replace(",", "") for n in _NUMBER.findall(text)),
-        negations=sum(
-            1
-            for w in words
-            if w in _NEGATIONS
-            or (
-                w.endswith("nt")
-                and w[:-2]
-                in {
-                    "do",
-                    "does",
-                    "did",
-                    "is",
-                    "are",
-                    "was",
-                    "were",
-                    "wo",
-                    "ca",
-                    "could",
-                    "would",
-                    "should",
-                    "has",
-                    "have",
-                    "had",
-                }
-            )
-        ),
-        entities=entities,
+        numbers=frozenset(numbers),
+        # A leading "No," answers rather than negates: it does not count.
+        negations=sum(1 for w in words if _is_negation(w)) - (1 if answer_no else 0),
+        entities=frozenset(entities),
         wh=_wh_word(text.lower()),
     )
 
 
-def features(a: str, b: str, cosine: float) -> npt.NDArray[np.float64]:
-    """The guard's feature vector of the pair (order as in :data:`FEATURES`)."""
+def _same_entity(entity: str, other: _Parsed) -> bool:
+    """True when ``entity`` is spelled differently but present on the other side.
+
+    Covers plain words (``Python`` / ``python``), truncations and typos that keep a long
+    prefix (``INSTALLATIO`` / ``installation``) and acronyms (``ML`` / ``machine learning``,
+    ``JS`` / ``JavaScript``).
+    """
+    if entity in other.words:
+        return True
+    for word in other.words:
+        if (
+            len(entity) >= 4
+            and len(word) >= 4
+            and (word.startswith(entity) or entity.startswith(word))
+        ):
+            return True
+    if 2 <= len(entity) <= 5:
+        initials = "".join(w[0] for w in other.words if w)
+        if entity in initials:
+            return True
+        for word in other.words:
+            if word[:1] == entity[0] and _subsequence(entity, word):
+                return True
+    return False
+
+
+def _subsequence(short: str, long: str) -> bool:
+    it = iter(long)
+    return all(ch in it for ch in short)
+
+
+def _vetoes(pa: _Parsed, pb: _Parsed, missing_max: float) -> list[str]:
+    """Hard reasons to refuse, whatever the model says (see the module docstring).
+
+    * number: both sides name numbers and they differ (``iPhone 6`` / ``iPhone 7``);
+    * negation: one side negates and the other does not, while the rest of the wording
+      mostly agrees (``Is X safe?`` / ``Is X not safe?``);
+    * entity: each side names something the other does not (``France`` / ``Germany``).
+    """
+    out: list[str] = []
+    if pa.numbers and pb.numbers and pa.numbers != pb.numbers:
+        out.append("number")
+    if (pa.negations > 0) != (pb.negations > 0) and missing_max <= NEGATION_VETO_MAX_MISSING:
+        out.append("negation")
+    only_a = {e for e in pa.entities - pb.entities if not _same_entity(e, pb)}
+    only_b = {e for e in pb.entities - pa.entities if not _same_entity(e, pa)}
+    if only_a and only_b:
+        out.append("entity")
+    return out
+
+
+def analyse(a: str, b: str, cosine: float) -> tuple[npt.NDArray[np.float64], list[str]]:
+    """(the feature vector in :data:`FEATURES` order, the hard vetoes) of the pair."""
     pa, pb = parse(a), parse(b)
     union = pa.content | pb.content
     inter = pa.content & pb.content
@@ -157,10 +220,8 @@ def features(a: str, b: str, cosine: float) -> npt.NDArray[np.float64]:
     miss_a = len(pa.content - pb.content) / max(1, len(pa.content))
     miss_b = len(pb.content - pa.content) / max(1, len(pb.content))
     la, lb = len(pa.words), len(pb.words)
-    entity_diff = pa.entities ^ pb.entities
-    # An entity that appears as an ordinary word on the other side is not a mismatch.
-    entity_diff = frozenset(e for e in entity_diff if e not in pa.words or e not in pb.words)
-    return np.array(
+    entity_diff = {e for e in pa.entities ^ pb.entities if e not in pa.words or e not in pb.words}
+    x = np.array(
         [
             cosine,
             cosine * cosine,
@@ -175,6 +236,12 @@ def features(a: str, b: str, cosine: float) -> npt.NDArray[np.float64]:
         ],
         dtype=np.float64,
     )
+    return x, _vetoes(pa, pb, max(miss_a, miss_b))
+
+
+def features(a: str, b: str, cosine: float) -> npt.NDArray[np.float64]:
+    """The guard's feature vector of the pair (order as in :data:`FEATURES`)."""
+    return analyse(a, b, cosine)[0]
 
 
 @dataclass(frozen=True)
@@ -229,10 +296,10 @@ class Guard:
 
     def check(self, cached_query: str, query: str, cosine: float) -> GuardVerdict:
         """Accept or reject serving ``cached_query``'s answer to ``query``."""
-        x = features(cached_query, query, cosine)
+        x, vetoes = analyse(cached_query, query, cosine)
         p = self.probability_of(x)
+        if vetoes:
+            return GuardVerdict(False, p, f"reject {','.join(vetoes)} mismatch p={p:.3f}")
         if p >= self.threshold:
             return GuardVerdict(True, p, f"accept p={p:.3f}")
-        why = [name for name, v in zip(FEATURES[2:6], x[2:6], strict=True) if v > 0]
-        label = ",".join(n.removesuffix("_mismatch") for n in why) or "low-score"
-        return GuardVerdict(False, p, f"reject {label} p={p:.3f}")
+        return GuardVerdict(False, p, f"reject low score p={p:.3f} < {self.threshold:.3f}")

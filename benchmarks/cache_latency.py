@@ -1,0 +1,348 @@
+"""Cache latency: end-to-end Generate through gRPC for exact hits, semantic hits and miss
+lookups with 10k cached entries; FAISS lookup alone at 1M entries; GPTCache 0.1.44 on the
+same 10k entries in the same run.
+
+* The gRPC server is the real servicer, interceptors and protobuf conversion
+  (``optiserve.rpc``) on 127.0.0.1, over a pipeline that consults the response cache first
+  (:class:`CacheFirstPipeline`: the wiring the request pipeline does: lookup, hit → answer
+  with 0 new tokens; only-if-cached miss → NOT_FOUND). No model is loaded: a miss is
+  measured as an only-if-cached lookup, which does everything a miss does except generate.
+* Entries: 10,000 distinct questions from ``qqp_dev.jsonl``, stored through the facade
+  (``ResponseCache.store_sync``: embedding, index, SQLite). Exact hits ask stored questions
+  verbatim; semantic hits ask duplicate-pair paraphrases the cache serves; misses ask
+  ``chatgpt_paraphrases.jsonl`` sentences (nothing similar is stored).
+* 1M: ``index_1m.py`` (built once, saved under ``benchmarks/out/``).
+* GPTCache 0.1.44: ``sqlite,faiss`` data manager, SBERT with the same all-MiniLM-L6-v2
+  files, ``SearchDistanceEvaluation``, post-processing ``first``; the 10k entries imported
+  with the same vectors; ``get()`` timed on the same semantic-hit queries (its hits only).
+
+Prints one JSON line last with the keys of issue 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import index_1m
+from optiserve.cache import CacheConfig, ResponseCache, require_hit
+from optiserve.cache.train_guard import load_pairs
+from optiserve.engine.types import (
+    CacheMode,
+    CachePolicy,
+    ChatMessage,
+    DecisionTrace,
+    FinishReason,
+    GenerateRequest,
+    GenerateResult,
+    ResponseSummary,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    Usage,
+)
+from optiserve.errors import Unavailable
+
+ROOT = Path(__file__).resolve().parent
+DATA = ROOT.parent.parent / "shared" / "data" / "paraphrase"
+MODEL = "bench-model"
+N_ENTRIES = 10_000
+N_QUERIES = 300
+
+
+class CacheFirstPipeline:
+    """A pipeline that answers from the cache and never generates (benchmark stand-in)."""
+
+    def __init__(self, cache: ResponseCache) -> None:
+        self.cache = cache
+        self.draining = False
+
+    async def generate(self, request: GenerateRequest) -> GenerateResult:
+        """Cache hit → the cached answer; miss → CacheMiss (only-if-cached) or UNAVAILABLE."""
+        result = await self.cache.lookup(request, MODEL)
+        hit = require_hit(request, result)
+        if hit is None:
+            raise Unavailable("no backend in the cache benchmark")
+        summary = ResponseSummary(
+            finish_reason=hit.finish_reason,
+            usage=Usage(completion_tokens=0, cached_tokens=hit.completion_tokens),
+            model=hit.model,
+            provider="cache",
+            trace=DecisionTrace(cache=result.trace),
+            cost_usd=0.0,
+            cost_saved_usd=hit.cost_usd,
+        )
+        return GenerateResult(request.request_id, hit.text, summary)
+
+    async def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
+        """Replay of :meth:`generate` as one delta and the end."""
+        result = await self.generate(request)
+        yield TextDelta(result.text)
+        yield StreamEnd(result.summary)
+
+
+def request(question: str, mode: CacheMode = CacheMode.DEFAULT) -> GenerateRequest:
+    """The domain request the benchmark stores and asks."""
+    return GenerateRequest(
+        request_id="b",
+        messages=(ChatMessage("user", question),),
+        model=MODEL,
+        cache=CachePolicy(mode=mode),
+    )
+
+
+class Server:
+    """The real gRPC servicer over :class:`CacheFirstPipeline`, on its own loop thread."""
+
+    def __init__(self, cache: ResponseCache) -> None:
+        self.cache = cache
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.port = 0
+        self._server: Any = None
+
+    async def _start(self) -> int:
+        import grpc
+
+        from optiserve.rpc.interceptors import ErrorInterceptor, RequestIdInterceptor
+        from optiserve.rpc.servicer import OptiServeServicer
+        from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
+
+        server = grpc.aio.server(interceptors=[RequestIdInterceptor(), ErrorInterceptor()])
+        servicer = OptiServeServicer(CacheFirstPipeline(self.cache))  # type: ignore[arg-type]
+        pb_grpc.add_OptiServeServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        self._server = server
+        return int(port)
+
+    def start(self) -> str:
+        """Start serving; return the target."""
+        self.thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result()
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        """Stop the server and its loop."""
+        asyncio.run_coroutine_threadsafe(self._server.stop(0), self.loop).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+def percentiles(times: list[float]) -> tuple[float, float]:
+    """(p50, p99) in milliseconds."""
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
+def time_grpc(target: str, questions: list[str], mode: int, expect: str) -> list[float]:
+    """Milliseconds per unary Generate call; checks each answer is what ``expect`` says."""
+    import grpc
+
+    from optiserve.v1 import optiserve_pb2 as pb
+    from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
+
+    times: list[float] = []
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.OptiServeStub(channel)
+
+        def call(q: str) -> str:
+            msg = pb.GenerateRequest(
+                messages=[pb.ChatMessage(role="user", content=q)],
+                model=MODEL,
+                cache=pb.CachePolicy(mode=mode),  # type: ignore[arg-type]
+            )
+            try:
+                reply = stub.Generate(msg, timeout=10)
+            except grpc.RpcError as exc:
+                return str(exc.code().name)  # NOT_FOUND for an only-if-cached miss
+            return (
+                "exact"
+                if reply.summary.trace.cache[-1].layer == pb.CACHE_LAYER_EXACT
+                else ("semantic")
+            )
+
+        for q in questions[:30]:
+            call(q)
+        for q in questions:
+            started = time.perf_counter()
+            got = call(q)
+            times.append((time.perf_counter() - started) * 1000)
+            if got != expect:
+                raise AssertionError(f"{q!r}: expected {expect}, got {got}")
+    return times
+
+
+def pick_workload(n: int) -> list[str]:
+    """``n`` distinct qqp questions: every pair's ``a``, then non-duplicates' ``b``."""
+    qqp = load_pairs(DATA / "qqp_dev.jsonl")
+    stored: list[str] = []
+    seen: set[str] = set()
+    for pair in qqp:
+        for q in (pair["a"], pair["b"] if not pair["duplicate"] else None):
+            if q and q not in seen and len(stored) < n:
+                seen.add(q)
+                stored.append(q)
+    return stored
+
+
+def populate(cache: ResponseCache, stored: list[str]) -> float:
+    """Store every question through the facade; seconds taken."""
+    started = time.perf_counter()
+    for i, q in enumerate(stored):
+        cache.store_sync(request(q), MODEL, f"answer {i}", 20, 0.0004, FinishReason.EOS)
+    return time.perf_counter() - started
+
+
+def semantic_queries(cache: ResponseCache, stored: set[str]) -> list[str]:
+    """Paraphrases the cache serves from a different stored question (semantic hits)."""
+    out: list[str] = []
+    for pair in load_pairs(DATA / "qqp_dev.jsonl"):
+        if not pair["duplicate"] or pair["a"] not in stored or pair["b"] in stored:
+            continue
+        result = cache.lookup_sync(request(pair["b"]), MODEL)
+        if result.entry is not None and result.entry.layer.value == "semantic":
+            out.append(pair["b"])
+        if len(out) == N_QUERIES:
+            break
+    return out
+
+
+def gptcache_hits(
+    stored: list[str], vectors: np.ndarray[Any, Any], queries: list[str], model_path: str
+) -> tuple[list[float], int]:
+    """GPTCache 0.1.44 ``get()`` milliseconds on its hits, and how many queries hit."""
+
+    def load(module: str) -> Any:
+        return importlib.import_module(module)  # gptcache ships no type information
+
+    gptcache = load("gptcache")
+    get = load("gptcache.adapter.api").get
+    first = load("gptcache.processor.post").first
+    get_prompt = load("gptcache.processor.pre").get_prompt
+    distance = load("gptcache.similarity_evaluation.distance")
+    manager_factory = load("gptcache.manager").manager_factory
+    sbert_cls = load("gptcache.embedding").SBERT
+
+    folder = tempfile.mkdtemp(prefix="gptcache-")
+    sbert = sbert_cls(model_path)
+    manager = manager_factory(
+        "sqlite,faiss",
+        data_dir=folder,
+        vector_params={"dimension": 384},
+        max_size=len(stored) + 10,
+    )
+    cache = gptcache.Cache()
+    cache.init(
+        pre_embedding_func=get_prompt,
+        embedding_func=sbert.to_embeddings,
+        data_manager=manager,
+        similarity_evaluation=distance.SearchDistanceEvaluation(),
+        post_process_messages_func=first,
+        config=gptcache.Config(similarity_threshold=0.8),
+    )
+    manager.import_data(
+        questions=list(stored),
+        answers=[f"answer {i}" for i in range(len(stored))],
+        embedding_datas=[v.astype(np.float32) for v in vectors],
+        session_ids=[None] * len(stored),
+    )
+    for q in queries[:30]:
+        get(q, cache_obj=cache)
+    times: list[float] = []
+    hits = 0
+    for q in queries:
+        started = time.perf_counter()
+        answer = get(q, cache_obj=cache)
+        elapsed = (time.perf_counter() - started) * 1000
+        if answer is not None:
+            hits += 1
+            times.append(elapsed)
+    return times, hits
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print the JSON line."""
+    parser = argparse.ArgumentParser(description="cache latency")
+    parser.add_argument("--no-gptcache", action="store_true")
+    parser.add_argument("--entries", type=int, default=N_ENTRIES)
+    parser.add_argument("--skip-1m", action="store_true", help="development only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    report: dict[str, Any] = {}
+
+    with tempfile.TemporaryDirectory(prefix="optiserve-cache-bench-") as tmp:
+        config = CacheConfig(max_entries=args.entries * 2)
+        cache = ResponseCache.open(config, Path(tmp))
+        assert cache.embedder is not None
+        cache.embedder.embed("warm up")
+        stored = pick_workload(args.entries)
+        report["populate_s"] = round(populate(cache, stored), 1)
+        report["entries"] = cache.stats().entries
+        semantic = semantic_queries(cache, set(stored))
+        exact = stored[:: max(1, len(stored) // N_QUERIES)][:N_QUERIES]
+        misses = [p["a"] for p in load_pairs(DATA / "chatgpt_paraphrases.jsonl")][:N_QUERIES]
+        from optiserve.v1 import optiserve_pb2 as pb
+
+        server = Server(cache)
+        target = server.start()
+        try:
+            exact_t = time_grpc(target, exact, pb.CACHE_MODE_DEFAULT, "exact")
+            semantic_t = time_grpc(target, semantic, pb.CACHE_MODE_DEFAULT, "semantic")
+            miss_t = time_grpc(target, misses, pb.CACHE_MODE_ONLY_IF_CACHED, "NOT_FOUND")
+        finally:
+            server.stop()
+        vectors = np.stack([cache.embedder.embed(q) for q in stored])
+        model_path = str(cache.embedder.path)
+        report["embedder_backend"] = cache.embedder.backend
+        report["semantic_queries"] = len(semantic)
+        cache.close()
+
+    index = {k: float("nan") for k in ("index_lookup_p50_ms_1m", "index_lookup_p99_ms_1m")}
+    index["index_recall_at_1_1m"] = float("nan")
+    if not args.skip_1m:
+        index = index_1m.measure()
+    report["index_lookup_p50_ms_1m"] = round(index["index_lookup_p50_ms_1m"], 3)
+
+    exact_p50, _ = percentiles(exact_t)
+    sem_p50, sem_p99 = percentiles(semantic_t)
+    miss_p50, _ = percentiles(miss_t)
+    gpt_p50 = float("nan")
+    if not args.no_gptcache:
+        gpt_t, gpt_hits = gptcache_hits(stored, vectors, semantic, model_path)
+        report["gptcache_hits"] = f"{gpt_hits}/{len(semantic)}"
+        gpt_p50 = percentiles(gpt_t)[0] if gpt_t else float("nan")
+    print(json.dumps(report), file=sys.stderr)
+    print(
+        json.dumps(
+            {
+                "exact_hit_p50_ms": round(exact_p50, 3),
+                "semantic_hit_p50_ms": round(sem_p50, 3),
+                "semantic_hit_p99_ms": round(sem_p99, 3),
+                "miss_lookup_p50_ms": round(miss_p50, 3),
+                "index_lookup_p99_ms_1m": round(index["index_lookup_p99_ms_1m"], 3),
+                "index_recall_at_1_1m": round(index["index_recall_at_1_1m"], 4),
+                "gptcache_hit_p50_ms": round(gpt_p50, 3),
+                "speedup_vs_gptcache": round(gpt_p50 / sem_p50, 2),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
