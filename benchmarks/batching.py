@@ -12,8 +12,7 @@ tiny Llama (random weights), greedy decoding. Measured in one run:
 
 Throughput counts useful tokens only: each request's own generated tokens (up to its
 max_new_tokens or end-of-sequence). TTFT is the server-measured time to first token.
-If the server's local backend does not batch yet, a clearly marked shim routes it
-through ``optiserve.engine.scheduler.Scheduler`` (the integration the backend will do).
+The server batches through the local backend's ``optiserve.engine.scheduler.Scheduler``.
 Prints one JSON line last.
 
     python benchmarks/batching.py [--threads 1] [--requests 64]
@@ -28,7 +27,6 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,55 +172,6 @@ def transformers_cb(
 # ------------------------------------------------------------------ the server
 
 
-def install_scheduler_shim(app: Any, max_queue: int = 256) -> bool:
-    """Route local backends through the Scheduler if they do not batch yet (True if done)."""
-    from optiserve.backends.base import Completion as BackendCompletion
-    from optiserve.backends.local_hf import LocalHFBackend
-    from optiserve.engine.scheduler import Scheduler, TokenEvent
-    from optiserve.engine.scheduler_config import SchedulerConfig
-
-    installed = False
-    for _, backend in app.backends:
-        if not isinstance(backend, LocalHFBackend) or hasattr(backend, "scheduler"):
-            continue
-        installed = True
-        original_load = backend.load
-
-        def load(b: Any = backend, orig: Any = original_load) -> None:
-            orig()
-            b._shim_scheduler = Scheduler(
-                b._model,
-                b._tokenizer,
-                SchedulerConfig(max_queue=max_queue),
-                device=str(b._device),
-                name="bench",
-            )
-            b._shim_scheduler.start()
-
-        async def stream(request: Any, params: Any, b: Any = backend) -> AsyncIterator[Any]:
-            handle = b._shim_scheduler.submit(b.encode(request), params, request.deadline)
-            try:
-                async for event in handle:
-                    if isinstance(event, TokenEvent):
-                        if event.text:
-                            yield event.text
-                    else:
-                        yield BackendCompletion(
-                            finish_reason=event.finish_reason,
-                            prompt_tokens=event.prompt_tokens,
-                            completion_tokens=event.completion_tokens,
-                            queued_ms=event.queued_ms,
-                            first_token_at=event.first_token_at,
-                            last_token_at=event.last_token_at,
-                        )
-            finally:
-                handle.cancel()
-
-        backend.load = load  # type: ignore[method-assign]
-        backend.stream = stream  # type: ignore[method-assign]
-    return installed
-
-
 async def drive(target: str, jobs: list[Job], concurrency: int) -> tuple[int, float, list[float]]:
     """Send every job over StreamGenerate with ``concurrency`` in flight."""
     from optiserve_client import AsyncClient
@@ -279,8 +228,6 @@ def main() -> None:
         models=(ModelConfig(name="bench", source=str(path), device="cpu", max_new_tokens_cap=512),),
     )
     server = ServerThread(config)
-    shim = install_scheduler_shim(server.app)
-    log(f"scheduler shim installed: {shim}")
     server.start()
     results: dict[str, tuple[int, float, list[float]]] = {}
     try:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from batching import OUT, SPEC, install_scheduler_shim
+from batching import OUT, SPEC
 from optiserve.tinymodels import build_tiny_model
 
 
@@ -109,7 +109,6 @@ def main() -> None:
         models=(ModelConfig(name="bench", source=str(path), device="cpu"),),
     )
     server = ServerThread(config)
-    install_scheduler_shim(server.app, max_queue=2 * args.streams)
     server.start()
     try:
         asyncio.run(storm(server.target, 64, args.cancel, seed=1))  # warm-up round

@@ -39,7 +39,9 @@ def make_config(
 
     def build(server: dict[str, Any] | None = None, **model: Any) -> Config:
         return Config(
-            server=replace(ServerConfig(port=0, grace_period_s=5.0), **(server or {})),
+            server=replace(
+                ServerConfig(port=0, grace_period_s=5.0, drain_announce_s=0.0), **(server or {})
+            ),
             logging=LoggingConfig(level="WARNING", format="text"),
             engine=EngineConfig(torch_threads=1),
             models=(

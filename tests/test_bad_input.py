@@ -102,7 +102,7 @@ CASES = [
         "prompt longer than context",
         pb.GenerateRequest(prompt=" ".join(["word"] * 2000)),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "context length of 512",
+        "context length (512)",
     ),
 ]
 
@@ -127,7 +127,9 @@ def test_bad_request(
 def test_prompt_too_long_names_both_lengths(server: ServerThread) -> None:
     error = _call(server.target, pb.GenerateRequest(prompt=" ".join(["word"] * 2000)))
     details = error.details() or ""
-    assert "prompt is" in details and "tokens" in details and "512" in details
+    assert "prompt (" in details
+    assert "tokens) + max_new_tokens (16)" in details
+    assert "512" in details
 
 
 def test_oversized_message_is_resource_exhausted(

@@ -19,37 +19,45 @@ from optiserve_client import Client, ResourceExhausted
 LONG = pb.GenerateRequest(prompt="Tell me", sampling=pb.SamplingParams(max_new_tokens=480))
 
 
-def _backend(server: ServerThread) -> LocalHFBackend:
+def _tokens_generated(server: ServerThread) -> float:
+    value = server.app.registry.get_sample_value(
+        "optiserve_scheduler_tokens_generated_total", {"model": "tiny"}
+    )
+    return value or 0.0
+
+
+def _wait_idle(server: ServerThread, timeout: float = 10.0) -> None:
+    """Wait until the model's scheduler has nothing running or waiting, then check that no
+    token is generated afterwards (the dead request's work really stopped)."""
     backend = server.app.backends[0][1]
     assert isinstance(backend, LocalHFBackend)
-    return backend
-
-
-def _wait_idle(backend: LocalHFBackend, timeout: float = 10.0) -> float:
+    scheduler = backend.scheduler
+    assert scheduler is not None
     start = time.monotonic()
-    while backend.active_generations and time.monotonic() - start < timeout:
+    while scheduler.running_count + scheduler.queue_depth and time.monotonic() - start < timeout:
         time.sleep(0.005)
-    assert backend.active_generations == 0, "generation kept running for a dead RPC"
-    return time.monotonic() - start
+    assert scheduler.running_count + scheduler.queue_depth == 0, "work kept going for a dead RPC"
+    settled = _tokens_generated(server)
+    time.sleep(0.2)
+    assert _tokens_generated(server) == settled
 
 
 def test_cancelling_a_stream_stops_generation(server: ServerThread) -> None:
-    backend = _backend(server)
-    before = backend.cancelled_generations
+    before = _tokens_generated(server)
     with grpc.insecure_channel(server.target) as channel:
         call = pb_grpc.OptiServeStub(channel).StreamGenerate(LONG, timeout=60)
         first = next(call)
         assert first.text_delta or first.HasField("summary")
         call.cancel()
-    waited = _wait_idle(backend)
-    assert backend.cancelled_generations == before + 1
-    assert waited < 2.0
+    _wait_idle(server)
+    generated = _tokens_generated(server) - before
+    assert 1 <= generated < 400, f"{generated} tokens: the cancelled stream was not stopped"
 
 
 def test_deadline_exceeded_stops_generation(server: ServerThread, client: Client) -> None:
-    backend = _backend(server)
     full = client.generate("Tell me", max_new_tokens=480)
     assert full.timings.total_ms > 150, "the long request must outlast the deadline below"
+    before = _tokens_generated(server)
     with grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.OptiServeStub(channel)
         with pytest.raises(grpc.RpcError) as info:
@@ -58,7 +66,8 @@ def test_deadline_exceeded_stops_generation(server: ServerThread, client: Client
         with pytest.raises(grpc.RpcError) as info:
             list(stub.StreamGenerate(LONG, timeout=0.05))
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    _wait_idle(backend)
+    _wait_idle(server)
+    assert _tokens_generated(server) - before < 2 * 400
     assert client.generate("after", max_new_tokens=2).usage.completion_tokens >= 1
 
 

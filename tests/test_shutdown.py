@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from optiserve.v1 import optiserve_pb2 as pb
@@ -29,7 +30,7 @@ def test_sigterm_drains_in_flight_stream(tiny_model_dir: Path, tmp_path: Path) -
     config = tmp_path / "optiserve.toml"
     config.write_text(
         f'data_dir = "{tmp_path / "data"}"\n'
-        f"[server]\nport = {port}\ngrace_period_s = 20\n"
+        f"[server]\nport = {port}\ngrace_period_s = 20\ndrain_announce_s = 2\n"
         '[logging]\nformat = "json"\n'
         f'[[models]]\nname = "tiny"\nsource = "{tiny_model_dir}"\nmax_new_tokens_cap = 480\n'
     )
@@ -60,6 +61,10 @@ def test_sigterm_drains_in_flight_stream(tiny_model_dir: Path, tmp_path: Path) -
                     break
                 time.sleep(0.01)
             assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Generate(request, timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "shutting down" in (info.value.details() or "")
             chunks = [first, *stream]
             assert chunks[-1].HasField("summary"), "the in-flight stream must complete"
             assert chunks[-1].summary.usage.completion_tokens > 1

@@ -40,6 +40,9 @@ class ServerConfig:
     max_concurrent_rpcs: int = 512
     #: Seconds in-flight RPCs get to finish on SIGTERM/SIGINT before they are cancelled.
     grace_period_s: float = 10.0
+    #: On SIGTERM, seconds (within the grace period) that health reports NOT_SERVING and new
+    #: requests get UNAVAILABLE before the listener closes, so load balancers notice.
+    drain_announce_s: float = 1.0
     #: Prometheus metrics port on the same host (0 = off).
     metrics_port: int = 0
 
@@ -62,6 +65,12 @@ class EngineConfig:
     torch_threads: int = 1
     #: Requests that may wait for a model before RESOURCE_EXHAUSTED.
     max_queue: int = 256
+    #: Continuous batching: sequences decoding together at most, per model.
+    max_batch_size: int = 32
+    #: Token budget of a running batch (sum of prompt + max_new_tokens over its sequences).
+    max_batch_tokens: int = 8192
+    #: When idle, how long a first request waits to be prefilled with others (0 = never).
+    max_wait_ms: float = 5.0
 
 
 @dataclass(frozen=True)

@@ -13,16 +13,20 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from optiserve.backends.base import Backend
 from optiserve.backends.local_hf import LocalHFBackend
 from optiserve.config import Config
+from optiserve.engine.metrics import SchedulerMetrics, serve_metrics
 from optiserve.engine.pipeline import Pipeline
+from optiserve.engine.scheduler_config import SchedulerConfig
 from optiserve.routing.catalogue import ModelCatalogue
 from optiserve.routing.usage import UsageTracker
 from optiserve.rpc.interceptors import ErrorInterceptor, RequestIdInterceptor
@@ -35,10 +39,17 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OptiServe"].full_name
 
 
-def build_backends(config: Config) -> list[tuple[str, Backend]]:
+def build_backends(config: Config, metrics: SchedulerMetrics) -> list[tuple[str, Backend]]:
     """One backend per configured model (not loaded yet)."""
     data_dir = config.resolved_data_dir()
-    return [(m.name, LocalHFBackend(m, data_dir, config.engine.max_queue)) for m in config.models]
+    e = config.engine
+    scheduling = SchedulerConfig(
+        max_batch_size=e.max_batch_size,
+        max_batch_tokens=e.max_batch_tokens,
+        max_wait_ms=e.max_wait_ms,
+        max_queue=e.max_queue,
+    )
+    return [(m.name, LocalHFBackend(m, data_dir, scheduling, metrics)) for m in config.models]
 
 
 class OptiserveApp:
@@ -46,12 +57,14 @@ class OptiserveApp:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.backends = build_backends(config)
+        self.registry = CollectorRegistry()
+        self.backends = build_backends(config, SchedulerMetrics(self.registry))
         self.pipeline = Pipeline(
             ModelCatalogue(self.backends, config.default_model_name()), UsageTracker()
         )
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
+        self._metrics_server: Any = None
         self.port = 0
 
     async def start(self) -> int:
@@ -79,6 +92,8 @@ class OptiserveApp:
             raise OSError(f"cannot listen on {cfg.host}:{cfg.port} (in use or not allowed)")
         await server.start()
         self._server = server
+        if cfg.metrics_port:
+            self._metrics_server = serve_metrics(self.registry, cfg.metrics_port, cfg.host)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving",
@@ -104,10 +119,15 @@ class OptiserveApp:
         log.info("draining", extra={"grace_s": grace})
         self.pipeline.draining = True
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self._server.stop(grace)
+        announce = min(self.config.server.drain_announce_s, grace)
+        await asyncio.sleep(announce)
+        await self._server.stop(grace - announce)
         self._server = None
         for _, backend in self.backends:
-            backend.close()
+            await asyncio.to_thread(backend.close)
+        if self._metrics_server is not None:
+            self._metrics_server[0].shutdown()
+            self._metrics_server = None
         log.info("stopped")
 
     async def serve_until_signal(
