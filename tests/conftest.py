@@ -14,7 +14,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from optiserve.config import Config, EngineConfig, LoggingConfig, ModelConfig, ServerConfig
+from optiserve.config import (
+    CacheConfig,
+    Config,
+    EngineConfig,
+    LoggingConfig,
+    ModelConfig,
+    ServerConfig,
+)
 from optiserve.rpc.server import ServerThread
 from optiserve.tinymodels import TinySpec, build_tiny_model
 from optiserve_client import Client
@@ -37,13 +44,17 @@ def make_config(
 ) -> Callable[..., Config]:
     """Build a Config serving the tiny model on an ephemeral loopback port."""
 
-    def build(server: dict[str, Any] | None = None, **model: Any) -> Config:
+    def build(
+        server: dict[str, Any] | None = None, cache: dict[str, Any] | None = None, **model: Any
+    ) -> Config:
         return Config(
             server=replace(
                 ServerConfig(port=0, grace_period_s=5.0, drain_announce_s=0.0), **(server or {})
             ),
             logging=LoggingConfig(level="WARNING", format="text"),
             engine=EngineConfig(torch_threads=1),
+            # Off by default so generation tests see the model; cache tests turn it on.
+            cache=replace(CacheConfig(enabled=False), **(cache or {})),
             models=(
                 ModelConfig(
                     name="tiny",

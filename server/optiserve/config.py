@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optiserve.cache.config import CacheConfig
+
 ENV_PREFIX = "OPTISERVE_"
 DEMO_SOURCE = "demo"
 
@@ -103,6 +105,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     models: tuple[ModelConfig, ...] = ()
     #: Model served when a request names none (empty = the first model).
     default_model: str = ""
@@ -184,6 +187,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "server": ServerConfig,
     "logging": LoggingConfig,
     "engine": EngineConfig,
+    "cache": CacheConfig,
 }
 
 
@@ -255,6 +259,15 @@ def _validate(config: Config) -> None:
             raise ConfigError(
                 f"model {m.name}: need 1 <= default_max_new_tokens <= max_new_tokens_cap"
             )
+    c = config.cache
+    if c.eviction not in ("lru", "lfu", "fifo"):
+        raise ConfigError(f"cache.eviction must be lru, lfu or fifo, got {c.eviction!r}")
+    if not 0.0 <= c.semantic_threshold <= 1.0:
+        raise ConfigError(f"cache.semantic_threshold must be in [0, 1], got {c.semantic_threshold}")
+    if c.embed_text not in ("last_user", "all_user"):
+        raise ConfigError(f"cache.embed_text must be last_user or all_user, got {c.embed_text!r}")
+    if c.ttl_s < 0 or c.max_entries < 1 or c.max_bytes < 1:
+        raise ConfigError("cache.ttl_s must be >= 0; cache.max_entries and max_bytes >= 1")
     if config.engine.torch_threads < 1:
         raise ConfigError("engine.torch_threads must be >= 1")
     if config.logging.format not in ("json", "text"):
@@ -264,6 +277,7 @@ def _validate(config: Config) -> None:
 __all__ = [
     "DEFAULT_MODELS",
     "DEMO_SOURCE",
+    "CacheConfig",
     "Config",
     "ConfigError",
     "EngineConfig",

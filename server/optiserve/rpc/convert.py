@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from optiserve.cache import CacheStats
 from optiserve.engine import types as d
 from optiserve.routing.usage import ModelUsage
 from optiserve.v1 import optiserve_pb2 as pb
@@ -150,4 +151,27 @@ def usage_to_proto(u: ModelUsage) -> pb.ModelUsage:
         cost_saved_usd=u.cost_saved_usd,
         exact_hits=u.exact_hits,
         semantic_hits=u.semantic_hits,
+    )
+
+
+def cache_stats_to_proto(stats: CacheStats | None) -> pb.CacheStats:
+    """Wire cache statistics (``enabled=False`` when there is no cache)."""
+    if stats is None:
+        return pb.CacheStats(enabled=False)
+    return pb.CacheStats(
+        exact_hits=stats.exact_hits,
+        semantic_hits=stats.semantic_hits,
+        misses=stats.misses,
+        guard_rejections=stats.guard_rejections,
+        skipped=stats.skipped,
+        stores=stats.stores,
+        evictions=stats.evictions,
+        expirations=stats.expirations,
+        entries=stats.entries,
+        bytes=stats.bytes,
+        cost_saved_usd=stats.cost_saved_usd,
+        tokens_saved=stats.tokens_saved,
+        exact_backend=stats.exact_backend,
+        index_device=stats.index_device,
+        enabled=True,
     )

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from optiserve.backends.base import Backend
 from optiserve.backends.local_hf import LocalHFBackend
+from optiserve.cache import ResponseCache
 from optiserve.config import Config
 from optiserve.engine.metrics import SchedulerMetrics, serve_metrics
 from optiserve.engine.pipeline import Pipeline
@@ -60,7 +61,9 @@ class OptiserveApp:
         self.registry = CollectorRegistry()
         self.backends = build_backends(config, SchedulerMetrics(self.registry))
         self.pipeline = Pipeline(
-            ModelCatalogue(self.backends, config.default_model_name()), UsageTracker()
+            ModelCatalogue(self.backends, config.default_model_name()),
+            UsageTracker(),
+            replay_chunk_chars=config.cache.replay_chunk_chars,
         )
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -73,6 +76,10 @@ class OptiserveApp:
         torch.set_num_threads(self.config.engine.torch_threads)
         for _, backend in self.backends:
             await asyncio.to_thread(backend.load)
+        if self.config.cache.enabled:
+            self.pipeline.cache = await asyncio.to_thread(
+                ResponseCache.open, self.config.cache, self.config.resolved_data_dir()
+            )
         cfg = self.config.server
         server = grpc.aio.server(
             interceptors=[RequestIdInterceptor(), ErrorInterceptor()],
@@ -125,6 +132,8 @@ class OptiserveApp:
         self._server = None
         for _, backend in self.backends:
             await asyncio.to_thread(backend.close)
+        if self.pipeline.cache is not None:
+            await asyncio.to_thread(self.pipeline.cache.close)
         if self._metrics_server is not None:
             self._metrics_server[0].shutdown()
             self._metrics_server = None

@@ -96,8 +96,10 @@ class OptiServeServicer(pb_grpc.OptiServeServicer):  # type: ignore[misc]
     ) -> pb.GetUsageResponse:
         """Measured usage since start."""
         rows, total = self._pipeline.usage.snapshot(request.model)
+        cache = self._pipeline.cache
         return pb.GetUsageResponse(
             models=[convert.usage_to_proto(r) for r in rows],
             total=convert.usage_to_proto(total),
             uptime_s=self._pipeline.usage.uptime_s(),
+            cache=convert.cache_stats_to_proto(cache.stats() if cache else None),
         )
