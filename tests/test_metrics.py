@@ -1,0 +1,44 @@
+"""Prometheus metrics on the configured port, in the text exposition format."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+from collections.abc import Callable
+
+from optiserve.config import Config
+from optiserve.rpc.server import ServerThread
+from optiserve_client import Client
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_metrics_endpoint_counts_tokens(make_config: Callable[..., Config]) -> None:
+    port = _free_port()
+    server = ServerThread(make_config(server={"metrics_port": port}))
+    server.start()
+    try:
+        with Client(server.target, timeout=60) as client:
+            result = client.generate("Count my tokens", max_new_tokens=7)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        assert response.headers["Content-Type"].startswith("text/plain")
+        line = next(
+            ln
+            for ln in text.splitlines()
+            if ln.startswith('optiserve_scheduler_tokens_generated_total{model="tiny"}')
+        )
+        assert float(line.split()[-1]) >= result.usage.completion_tokens
+        for name in (
+            "optiserve_scheduler_queue_depth",
+            "optiserve_scheduler_batch_size_bucket",
+            "optiserve_scheduler_time_to_first_token_seconds_bucket",
+            "optiserve_scheduler_inter_token_latency_seconds_bucket",
+        ):
+            assert name in text
+    finally:
+        server.stop()
