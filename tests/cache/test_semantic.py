@@ -129,3 +129,33 @@ def test_partition_index_flat_to_hnsw_and_remove() -> None:
     assert all(i != 200 for i, _ in index.search(vectors[200], 5))
     index.add(np.array([200]), vectors[200:201])
     assert index.search(vectors[200])[0][0] == 200
+
+
+async def test_lookup_and_store_do_not_block_the_event_loop(
+    make_cache: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import time
+
+    cache = make_cache(persist=False)
+    assert cache.embedder is not None
+    real = cache.embedder.embed
+
+    def slow_embed(text: str) -> np.ndarray:  # type: ignore[type-arg]
+        time.sleep(0.2)
+        return real(text)
+
+    monkeypatch.setattr(cache.embedder, "embed", slow_embed)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    await cache.store(chat("How do I reset my password?"), "m", "a", 1, 0.0, FinishReason.EOS)
+    await cache.lookup(chat("How can I reset my password?"), "m")
+    task.cancel()
+    assert ticks >= 20  # the loop kept running through 0.4 s of embedding

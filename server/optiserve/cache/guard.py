@@ -151,7 +151,7 @@ def parse(text: str) -> _Parsed:
     numbers.update(_NUMBER_WORDS[w] for w in words if w in _NUMBER_WORDS)
     return _Parsed(
         words=words,
-        content=frozenset(_stem(w) for w in words if w not in _STOPWORDS),
+        content=frozenset(_stem(w) for w in words if w not in _STOPWORDS and not _is_negation(w)),
         numbers=frozenset(numbers),
         # A leading "No," answers rather than negates: it does not count.
         negations=sum(1 for w in words if _is_negation(w)) - (1 if answer_no else 0),

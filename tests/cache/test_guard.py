@@ -1,0 +1,63 @@
+"""The false-hit guard's features, vetoes and shipped weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from optiserve.cache.guard import FEATURES, WEIGHTS_FILE, Guard, analyse, parse
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "veto"),
+    [
+        ("How do I install Python 2?", "How do I install Python 3?", "number"),
+        ("Is it safe to eat raw eggs?", "Is it not safe to eat raw eggs?", "negation"),
+        ("Why should I learn Java?", "Why shouldn't I learn Java?", "negation"),
+        ("What is the capital of France?", "What is the capital of Germany?", "entity"),
+        ("How old is Barack Obama?", "How old is Donald Trump?", "entity"),
+        ("What are two ways to say hi?", "What are 3 ways to say hi?", "number"),
+    ],
+)
+def test_vetoes(a: str, b: str, veto: str) -> None:
+    _, vetoes = analyse(a, b, 0.95)
+    assert veto in vetoes
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("How do I learn ML quickly?", "What is the fastest way to learn machine learning?"),
+        ("Is JS hard?", "Is JavaScript hard?"),
+        ("How can I reset my password?", "How do I reset my password?"),
+        ("No, X doesn't exist in v2.", "X does not exist in v2."),
+        ("What are two ways to cook rice?", "What are 2 ways to cook rice?"),
+        ("How do I lose weight?", "What is the best way to lose weight?"),
+    ],
+)
+def test_no_veto_on_rewording(a: str, b: str) -> None:
+    _, vetoes = analyse(a, b, 0.9)
+    assert vetoes == []
+
+
+def test_sentence_initial_capitals_are_not_entities() -> None:
+    assert parse("What is it? Then tell me.").entities == frozenset()
+    assert "paris" in parse("Is Paris big?").entities
+
+
+def test_shipped_weights_load_and_decide() -> None:
+    data = json.loads(WEIGHTS_FILE.read_text())
+    assert data["features"] == list(FEATURES)
+    assert 0.0 < data["threshold"] < 1.0
+    guard = Guard.load()
+    same = guard.check("How do I reset my password?", "How can I reset my password?", 0.97)
+    assert same.accepted, same
+    vetoed = guard.check(
+        "Is Python a compiled language?", "Is Python not a compiled language?", 0.97
+    )
+    assert not vetoed.accepted
+    assert "negation" in vetoed.reason
+    low = guard.check("How do I cook rice?", "How do I sell my car?", 0.3)
+    assert not low.accepted
+    assert Guard.load(threshold=0.0).check("a b c", "d e f", 0.1).accepted
