@@ -194,6 +194,72 @@ def concat_layout(const int64_t[::1] widths, const int64_t[::1] sizes):
     return starts, offsets, int(width)
 
 
+def compact_plan(const int64_t[::1] keep, Py_ssize_t n_rows):
+    """The move plan of ``CausalLMBatch.filter`` over slot ``0 .. n_rows - 1``.
+
+    ``keep`` lists the kept rows' positions (ascending, unique, in ``[0, n_rows)``). Kept rows
+    past the first ``len(keep)`` slots move into the freed slots below, lowest first.
+    Returns ``(order, dst, src)``: ``order[i]`` is the old position of the row that ends
+    in slot ``i``; the moves are ``src[j] -> dst[j]`` (``dst < len(keep) <= src``).
+    """
+    cdef Py_ssize_t n_keep = keep.shape[0], i, k, n_moves = 0, hole = 0
+    cdef bint bad = False
+    order = np.empty(n_keep, dtype=np.int64)
+    dst = np.empty(n_keep, dtype=np.int64)
+    src = np.empty(n_keep, dtype=np.int64)
+    cdef int64_t[::1] order_v = order
+    cdef int64_t[::1] dst_v = dst
+    cdef int64_t[::1] src_v = src
+    with nogil:
+        for i in range(n_keep):
+            if keep[i] < 0 or keep[i] >= n_rows or (i > 0 and keep[i] <= keep[i - 1]):
+                bad = True
+                break
+            order_v[i] = i
+        if not bad:
+            # ``keep`` is ascending: the kept positions below n_keep are its first entries,
+            # the movers its last ones; the holes are the gaps among 0 .. n_keep - 1.
+            k = 0
+            for i in range(n_keep):
+                if k < n_keep and keep[k] == i:
+                    k += 1
+                else:
+                    dst_v[n_moves] = i
+                    n_moves += 1
+            for i in range(n_moves):
+                src_v[i] = keep[n_keep - n_moves + i]
+                order_v[dst_v[i]] = src_v[i]
+    if bad:
+        raise ValueError("keep must hold unique positions in [0, n_rows), ascending")
+    return order, dst[:n_moves], src[:n_moves]
+
+
+def align_index(const int64_t[::1] lengths, Py_ssize_t width):
+    """``[B, width]`` gather index that left-aligns right-aligned rows.
+
+    Row ``r`` of a left-padded ``width``-column array has ``lengths[r]`` real cells at the
+    right; gathering columns ``index[r]`` moves them to columns ``0 .. lengths[r] - 1``
+    (the padding cells rotate to the right). Lengths must be in ``[0, width]``.
+    """
+    cdef Py_ssize_t n = lengths.shape[0], r, j, shift
+    out = np.empty((n, width), dtype=np.int64)
+    cdef int64_t[:, ::1] out_v = out
+    cdef Py_ssize_t bad = -1
+    with nogil:
+        for r in range(n):
+            if lengths[r] < 0 or lengths[r] > width:
+                bad = r
+                break
+            shift = width - lengths[r]
+            for j in range(lengths[r]):
+                out_v[r, j] = shift + j
+            for j in range(lengths[r], width):
+                out_v[r, j] = j - lengths[r]
+    if bad >= 0:
+        raise ValueError(f"length {lengths[bad]} is outside [0, {width}]")
+    return out
+
+
 def finish_codes(
     const int64_t[::1] new_tokens,
     const int64_t[::1] generated,

@@ -68,6 +68,47 @@ def concat_layout(widths: Int64Array, sizes: Int64Array) -> tuple[Int64Array, In
     return np.array(starts, dtype=np.int64), np.array(offsets, dtype=np.int64), width
 
 
+def compact_plan(keep: Int64Array, n_rows: int) -> tuple[Int64Array, Int64Array, Int64Array]:
+    """The move plan of ``CausalLMBatch.filter`` over slot ``0 .. n_rows - 1``.
+
+    ``keep`` lists the kept rows' positions (ascending, unique, in ``[0, n_rows)``). Kept rows
+    past the first ``len(keep)`` slots move into the freed slots below, lowest first.
+    Returns ``(order, dst, src)``: ``order[i]`` is the old position of the row that ends
+    in slot ``i``; the moves are ``src[j] -> dst[j]`` (``dst < len(keep) <= src``).
+    """
+    n_keep = len(keep)
+    positions = [int(k) for k in keep]
+    kept = set(positions)
+    if positions != sorted(kept) or any(not 0 <= k < n_rows for k in kept):
+        raise ValueError("keep must hold unique positions in [0, n_rows), ascending")
+    holes = [i for i in range(n_keep) if i not in kept]
+    movers = sorted(k for k in kept if k >= n_keep)
+    order = list(range(n_keep))
+    for hole, mover in zip(holes, movers, strict=True):
+        order[hole] = mover
+    return (
+        np.array(order, dtype=np.int64),
+        np.array(holes, dtype=np.int64),
+        np.array(movers, dtype=np.int64),
+    )
+
+
+def align_index(lengths: Int64Array, width: int) -> Int64Array:
+    """``[B, width]`` gather index that left-aligns right-aligned rows.
+
+    Row ``r`` of a left-padded ``width``-column array has ``lengths[r]`` real cells at the
+    right; gathering columns ``index[r]`` moves them to columns ``0 .. lengths[r] - 1``
+    (the padding cells rotate to the right). Lengths must be in ``[0, width]``.
+    """
+    out = np.zeros((len(lengths), width), dtype=np.int64)
+    for r, n in enumerate(int(x) for x in lengths):
+        if not 0 <= n <= width:
+            raise ValueError(f"length {n} is outside [0, {width}]")
+        for j in range(width):
+            out[r, j] = (j + width - n) % width
+    return out
+
+
 def finish_codes(
     new_tokens: Int64Array, generated: Int64Array, max_new: Int64Array, eos_ids: Int64Array
 ) -> Int8Array:

@@ -4,8 +4,10 @@
 build without extensions. ``IMPLEMENTATION`` says which one is in use. The functions:
 
 * :func:`collate` pads token lists into ids, attention mask and position ids;
-* :func:`filter_indices` is the gather index of ``CausalLMBatch.filter``;
-* :func:`concat_layout` is the scatter plan of ``CausalLMBatch.concatenate``;
+* :func:`filter_indices` finds the rows ``CausalLMBatch.filter`` keeps;
+* :func:`compact_plan` is its move plan (which kept rows refill which freed slots);
+* :func:`concat_layout` is the row plan of ``CausalLMBatch.concatenate``;
+* :func:`align_index` is the gather index that left-aligns prefilled KV rows into slots;
 * :func:`finish_codes` flags rows that produced an end-of-sequence id or hit their length;
 * :func:`match_stop_ids` matches per-row stop sequences over token ids.
 """
@@ -33,12 +35,16 @@ IMPLEMENTATION = "cython" if _impl is not _batching_py else "python"
 collate = _impl.collate
 filter_indices = _impl.filter_indices
 concat_layout = _impl.concat_layout
+compact_plan = _impl.compact_plan
+align_index = _impl.align_index
 finish_codes = _impl.finish_codes
 match_stop_ids = _impl.match_stop_ids
 
 __all__ = [
     "IMPLEMENTATION",
+    "align_index",
     "collate",
+    "compact_plan",
     "concat_layout",
     "filter_indices",
     "finish_codes",

@@ -55,7 +55,7 @@ def test_greedy_batched_equals_alone(tiny_lm: TinyLM) -> None:
         assert got[r.seq_id] == tiny_lm.reference(r.prompt_ids, r.max_new_tokens), r.seq_id
 
 
-def test_filter_trims_padding_and_keeps_order(tiny_llama: TinyLM) -> None:
+def test_filter_refills_slots_and_trims_width(tiny_llama: TinyLM) -> None:
     reqs = [
         SequenceRequest(1, list(range(10, 60)), SamplingParams(max_new_tokens=5)),
         SequenceRequest(2, list(range(10, 15)), SamplingParams(max_new_tokens=5)),
@@ -64,14 +64,39 @@ def test_filter_trims_padding_and_keeps_order(tiny_llama: TinyLM) -> None:
     batch = CausalLMBatch.from_requests(reqs, tiny_llama.tokenizer.pad_token_id)
     assert batch.width == 50
     batch.prefill(tiny_llama.model)
+    layer = batch.cache.layers[0]
+    # Left-aligned slots: row 2 (5 tokens) holds its keys in columns 0..4.
+    row3_keys = layer.kbuf[2, :, :10].clone()
+    buffer = layer.kbuf.data_ptr()
     kept = batch.filter([3, 2, 99])
     assert kept is not None
-    assert kept.seq_ids == [2, 3]
+    # Sequence 3 (the last row) moved into the freed slot 0; sequence 2 did not move.
+    assert kept.seq_ids == [3, 2]
     assert kept.width == 10
-    assert kept.attention_mask.tolist()[0] == [0] * 5 + [1] * 5
+    assert kept.attention_mask.tolist()[1] == [1] * 5 + [0] * 5
     assert kept.cache.layers[0].keys.shape[0] == 2
     assert kept.cache.layers[0].keys.shape[2] == 10
+    assert torch.equal(layer.kbuf[0, :, :10], row3_keys)
+    assert layer.kbuf.data_ptr() == buffer  # no re-allocation, no whole-cache copy
     assert kept.filter([]) is None
+
+
+def test_concatenate_copies_only_the_joining_rows(tiny_llama: TinyLM) -> None:
+    pad = tiny_llama.tokenizer.pad_token_id
+    running = CausalLMBatch.from_requests(_requests(6, seed=4), pad)
+    running.prefill(tiny_llama.model)
+    running.decode(tiny_llama.model)
+    layer = running.cache.layers[0]
+    before = layer.kbuf[:6, :, : running.width].clone()
+    new = CausalLMBatch.from_requests(_requests(2, seed=5, start_id=10), pad)
+    new.prefill(tiny_llama.model)
+    new_width = new.width
+    merged = CausalLMBatch.concatenate([running, new])
+    assert merged is running
+    assert merged.seq_ids[6:] == [10, 11]
+    assert len(new) == 0
+    assert merged.width == max(before.shape[2], new_width)
+    assert torch.equal(merged.cache.layers[0].kbuf[:6, :, : before.shape[2]], before)
 
 
 def test_per_row_sampling_params_do_not_leak(tiny_llama: TinyLM) -> None:

@@ -196,3 +196,57 @@ def test_selector_exposes_every_function() -> None:
     for name in ("collate", "filter_indices", "concat_layout", "finish_codes", "match_stop_ids"):
         assert callable(getattr(batching, name))
     assert batching.IMPLEMENTATION in ("cython", "python")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@settings(max_examples=80, deadline=None)
+@given(data=st.data(), n_rows=st.integers(min_value=0, max_value=64))
+def test_compact_plan_refills_holes_with_the_last_rows(
+    impl: ModuleType, data: st.DataObject, n_rows: int
+) -> None:
+    keep = sorted(data.draw(st.sets(st.integers(0, max(n_rows - 1, 0)), max_size=n_rows)))
+    keep = [k for k in keep if k < n_rows]
+    order, dst, src = impl.compact_plan(_i64(keep), n_rows)
+    assert order.dtype == dst.dtype == src.dtype == np.int64
+    # Every kept row ends in exactly one of the first len(keep) slots ...
+    assert sorted(order.tolist()) == keep
+    # ... rows already there stay put, and only rows past the end move, into holes.
+    n_keep = len(keep)
+    assert all(order[i] == i for i in range(n_keep) if i in keep)
+    assert dst.tolist() == [i for i in range(n_keep) if i not in keep]
+    assert src.tolist() == [k for k in keep if k >= n_keep]
+    assert [int(order[d]) for d in dst] == src.tolist()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_compact_plan_edges_and_errors(impl: ModuleType) -> None:
+    order, dst, src = impl.compact_plan(_i64([]), 0)
+    assert order.tolist() == dst.tolist() == src.tolist() == []
+    order, dst, src = impl.compact_plan(_i64([4]), 5)
+    assert (order.tolist(), dst.tolist(), src.tolist()) == ([4], [0], [4])
+    order, dst, _ = impl.compact_plan(_i64(list(range(32))), 32)
+    assert order.tolist() == list(range(32)) and dst.tolist() == []
+    for bad, n in (([2, 1], 3), ([0, 0], 3), ([3], 3), ([-1], 3)):
+        with pytest.raises(ValueError, match="unique positions"):
+            impl.compact_plan(_i64(bad), n)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), width=st.integers(min_value=0, max_value=80))
+def test_align_index_left_aligns_rows(impl: ModuleType, data: st.DataObject, width: int) -> None:
+    lengths = data.draw(st.lists(st.integers(0, width), max_size=16))
+    index = impl.align_index(_i64(lengths), width)
+    assert index.dtype == np.int64
+    assert index.shape == (len(lengths), width)
+    for r, n in enumerate(lengths):
+        row = list(range(width - n)) + [f"t{j}" for j in range(n)]  # left-padded row
+        assert [row[i] for i in index[r]][:n] == [f"t{j}" for j in range(n)]
+        assert sorted(index[r].tolist()) == list(range(width))  # a permutation
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_align_index_errors(impl: ModuleType) -> None:
+    with pytest.raises(ValueError, match="outside"):
+        impl.align_index(_i64([4]), 3)
+    assert impl.align_index(_i64([]), 5).shape == (0, 5)

@@ -1,23 +1,25 @@
 """The batch contract for local causal LMs, in the shape of TGI's ``CausalLMBatch``.
 
-A :class:`CausalLMBatch` holds the sequences that decode together and their KV cache. Rows
-are right-aligned: every row's last token sits in the same column, the left is padding
-(attention mask 0). That layout lets one forward pass decode one token for every row, with
-each row keeping its own positions (``position_ids``) and sampling parameters.
+A :class:`CausalLMBatch` holds the sequences that decode together and their KV cache. Prompts
+are prefilled left-padded (so every row's last prompt token shares the last column); the
+prefill stores each row's keys/values *left-aligned* in its own slot of a preallocated slot
+cache (:mod:`optiserve.engine.kv_slots`). Decode then writes every row's new token at its
+own column and attends over the columns up to the longest row, the attention mask hiding
+each shorter row's holes; every row keeps its own positions and sampling parameters.
 
 Life of a batch (the scheduler drives it)::
 
     new = CausalLMBatch.from_requests(requests, pad_id)   # collate: ids, mask, positions
     gens = new.prefill(model)                             # first token of every row
-    running = CausalLMBatch.concatenate([running, new])   # re-pad KV caches, merge rows
+    running = CausalLMBatch.concatenate([running, new])   # copy new rows into free slots
     gens = running.decode(model)                          # one more token per row
-    running = running.filter(keep_ids)                    # drop finished/cancelled rows
+    running = running.filter(keep_ids)                    # refill leaving rows' slots
 
-Token bookkeeping (collation, gather/scatter plans, finish and stop-id checks) is done by
-``optiserve.batching`` (Cython, with a pure-Python twin). The KV cache is transformers'
-``DynamicCache`` with plain ``DynamicLayer`` layers (``[batch, heads, seq, head_dim]``
-tensors); models whose cache uses other layer kinds (sliding windows, linear attention)
-are refused with a clear error.
+Neither ``filter`` nor ``concatenate`` copies or re-pads the running rows' cache: only
+rows that move or join are copied. Token bookkeeping (collation, alignment and compaction
+plans, finish and stop-id checks) is done by ``optiserve.batching`` (Cython, with a
+pure-Python twin). Models whose cache uses other layer kinds than plain ``DynamicLayer``
+(sliding windows, linear attention) are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 
 from optiserve import batching
+from optiserve.engine.kv_slots import cache_layers, new_cache, row_capacity
 from optiserve.engine.sampling import select_token
 from optiserve.engine.types import FinishReason, SamplingParams
 
@@ -98,114 +101,15 @@ def sample_rows(
     return [int(t) for t in chosen]
 
 
-#: Spare KV columns allocated past the current length, so decode steps write in place.
-KV_HEADROOM = 64
-
-
-def _append_layer_class() -> type:
-    """A ``DynamicLayer`` that appends into a preallocated buffer instead of ``torch.cat``.
-
-    transformers' ``DynamicLayer.update`` concatenates, copying the whole layer cache every
-    decode step; this layer keeps ``KV_HEADROOM`` spare columns and writes new keys and
-    values in place, exposing ``keys``/``values`` as views of the buffer. Built lazily so
-    importing this module does not import transformers.
-    """
-    global _APPEND_LAYER
-    if _APPEND_LAYER is not None:
-        return _APPEND_LAYER
-    from transformers.cache_utils import DynamicLayer
-
-    class AppendLayer(DynamicLayer):
-        """Dynamic KV layer with in-place appends (see :func:`_append_layer_class`)."""
-
-        _kbuf: torch.Tensor | None = None
-        _vbuf: torch.Tensor | None = None
-
-        def replace(self, keys: torch.Tensor, values: torch.Tensor, spare: int) -> None:
-            """Store ``keys``/``values`` (``[B, H, L, D]``) with ``spare`` free columns."""
-            b, h, n, d = keys.shape
-            self._kbuf = keys.new_empty((b, h, n + spare, d))
-            self._vbuf = values.new_empty((b, h, n + spare, values.shape[3]))
-            self._kbuf[:, :, :n] = keys
-            self._vbuf[:, :, :n] = values
-            self.keys = self._kbuf[:, :, :n]
-            self.values = self._vbuf[:, :, :n]
-            if not self.is_initialized:
-                self.dtype, self.device = keys.dtype, keys.device
-                self.is_initialized = True
-
-        def adopt(self, kbuf: torch.Tensor, vbuf: torch.Tensor, used: int) -> None:
-            """Take buffers whose first ``used`` columns hold the cache."""
-            self._kbuf, self._vbuf = kbuf, vbuf
-            self.keys = kbuf[:, :, :used]
-            self.values = vbuf[:, :, :used]
-
-        def _owns_current(self) -> bool:
-            return (
-                self._kbuf is not None
-                and self.keys is not None
-                and self.keys.data_ptr() == self._kbuf.data_ptr()
-                and self.keys.shape[0] == self._kbuf.shape[0]
-            )
-
-        def update(
-            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            new = key_states.shape[-2]
-            keys, values = self.keys, self.values
-            if not self.is_initialized or keys is None or values is None or keys.numel() == 0:
-                self.replace(key_states, value_states, KV_HEADROOM)
-                return key_states, value_states
-            used = keys.shape[-2]
-            if self._kbuf is None or not self._owns_current() or used + new > self._kbuf.shape[-2]:
-                self.replace(keys, values, max(KV_HEADROOM, new))
-            kbuf, vbuf = self._kbuf, self._vbuf
-            assert kbuf is not None and vbuf is not None
-            kbuf[:, :, used : used + new] = key_states
-            vbuf[:, :, used : used + new] = value_states
-            self.keys = kbuf[:, :, : used + new]
-            self.values = vbuf[:, :, : used + new]
-            return self.keys, self.values
-
-    _APPEND_LAYER = AppendLayer
-    return AppendLayer
-
-
-_APPEND_LAYER: type | None = None
-
-
-def new_cache(model: Any) -> Any:
-    """A ``DynamicCache`` for ``model`` whose layers append in place.
-
-    Raises NotImplementedError for models whose cache layers are not plain dynamic ones
-    (sliding windows, linear attention, ...): they cannot be re-padded row by row.
-    """
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    cache = DynamicCache(config=model.config)
-    for layer in cache.layers:
-        if type(layer) is not DynamicLayer:
-            raise NotImplementedError(
-                f"continuous batching supports models with a plain DynamicLayer KV cache; "
-                f"this model uses {type(layer).__name__}. Serve it with max_batch_size=1."
-            )
-    layer_class = _append_layer_class()
-    cache.layers = [layer_class() for _ in cache.layers]
-    return cache
-
-
-def _cache_layers(cache: Any) -> list[Any]:
-    """The layers of a cache made by :func:`new_cache`."""
-    layer_class = _append_layer_class()
-    layers = list(getattr(cache, "layers", ()))
-    if not all(type(layer) is layer_class for layer in layers):
-        raise TypeError("batch caches must come from optiserve.engine.batch.new_cache")
-    return layers
-
-
 class CausalLMBatch:
-    """Sequences that decode together: tokens, mask, positions, KV cache, per-row state."""
+    """Sequences that decode together: tokens, positions, KV slots, per-row state.
+
+    Before :meth:`prefill` the batch holds the collated, left-padded prompts. From prefill
+    on, its KV cache is a slot cache (:mod:`optiserve.engine.kv_slots`): row ``r`` holds
+    ``cached[r]`` tokens left-aligned in slot ``r`` and its next input token waits in
+    ``input_ids[r]``. :meth:`filter` and :meth:`concatenate` move only the rows that leave
+    or join; row order is therefore not preserved (use :attr:`seq_ids`).
+    """
 
     def __init__(
         self,
@@ -215,18 +119,20 @@ class CausalLMBatch:
         position_ids: torch.Tensor,
         lengths: np.ndarray[Any, np.dtype[np.int64]],
         eos_ids: Sequence[int],
-        cache: Any = None,
     ) -> None:
         self.rows = rows
         #: The next forward's input: the padded prompts before prefill, then ``[B, 1]``.
         self.input_ids = input_ids
-        #: ``[B, width]`` before prefill; afterwards the mask of what the KV cache holds.
-        self.attention_mask = attention_mask
-        self.position_ids = position_ids
-        #: Real (non-padding) tokens of each row that the cache holds or the input carries.
-        self.lengths = lengths
+        self._prompt_mask: torch.Tensor | None = attention_mask
+        self._prompt_positions: torch.Tensor | None = position_ids
+        #: Tokens of each row in the KV cache (before prefill: its prompt length).
+        self.cached = lengths
         self.eos_ids = np.array(sorted(set(eos_ids)), dtype=np.int64)
-        self.cache = cache
+        self.cache: Any = None
+        self._width = int(lengths.max()) if len(lengths) else 0
+        self._generated = np.zeros(len(rows), dtype=np.int64)
+        self._limits = np.array([r.request.max_new_tokens for r in rows], dtype=np.int64)
+        self._sampled = [i for i, r in enumerate(rows) if not r.request.params.greedy]
         self._stop_plan: tuple[np.ndarray[Any, Any], ...] | None = None
         self._stop_width = 0
         self._build_stop_plan()
@@ -248,7 +154,7 @@ class CausalLMBatch:
             if len(r.prompt_ids) == 0:
                 raise ValueError(f"sequence {r.seq_id} has an empty prompt")
         ids, mask, pos = batching.collate([r.prompt_ids for r in requests], pad_id)
-        lengths = mask.sum(axis=1).astype(np.int64)
+        lengths = np.array([len(r.prompt_ids) for r in requests], dtype=np.int64)
         return cls(
             [_Row(r) for r in requests],
             torch.from_numpy(ids).to(device),
@@ -270,8 +176,21 @@ class CausalLMBatch:
 
     @property
     def width(self) -> int:
-        """Columns of the attention mask (the KV cache length once prefilled)."""
-        return int(self.attention_mask.shape[1])
+        """KV columns the rows span (before prefill: the padded prompt width)."""
+        return self._width
+
+    @property
+    def lengths(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """Tokens of each row: those in the KV cache plus the pending input token."""
+        return self.cached + (1 if self.cache is not None else 0)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """``[B, width]``: 1 where a row has a token (left-padded before prefill)."""
+        if self._prompt_mask is not None:
+            return self._prompt_mask
+        cols = torch.arange(self._width, device=self.input_ids.device)
+        return (cols[None, :] < torch.from_numpy(self.cached)[:, None]).long()
 
     @property
     def reserved_tokens(self) -> int:
@@ -283,17 +202,23 @@ class CausalLMBatch:
     @torch.inference_mode()
     def prefill(self, model: Any) -> list[Generation]:
         """Run the prompts through ``model``, filling a fresh KV cache; one token per row."""
+        if self._prompt_mask is None:
+            raise RuntimeError("prefill called twice")
         cache = new_cache(model)
+        align = torch.from_numpy(batching.align_index(self.cached, self._width))
+        for layer in cache_layers(cache):
+            layer.align = align.to(self.input_ids.device)
         out = model(
             input_ids=self.input_ids,
-            attention_mask=self.attention_mask,
-            position_ids=self.position_ids,
+            attention_mask=self._prompt_mask,
+            position_ids=self._prompt_positions,
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
         )
-        self.cache = out.past_key_values
-        _cache_layers(self.cache)
+        self.cache = cache
+        self._prompt_mask = self._prompt_positions = None
+        self._sdpa = getattr(model.config, "_attn_implementation", None) == "sdpa"
         return self._advance(out.logits[:, -1, :])
 
     @torch.inference_mode()
@@ -301,44 +226,58 @@ class CausalLMBatch:
         """One decoding step for every row, reusing the KV cache; one token per row."""
         if self.cache is None:
             raise RuntimeError("decode before prefill")
-        ones = self.attention_mask.new_ones((len(self.rows), 1))
-        mask = torch.cat([self.attention_mask, ones], dim=1)
+        n, width = len(self.rows), self._width
+        device = self.input_ids.device
+        layers = cache_layers(self.cache)
+        layers[0].reserve(n, width + 1, width)  # same shapes in every layer
+        for layer in layers[1:]:
+            layer.reserve(n, width + 1, width)
+        cached = torch.from_numpy(self.cached).to(device)
+        write = (torch.arange(n, device=device), cached)
+        for layer in layers:
+            layer.view(width)
+            layer.write = write
+            layer.width_after = width + 1
+        cols = torch.arange(width + 1, device=device)
+        mask = cols[None, :] <= cached[:, None]
         out = model(
             input_ids=self.input_ids,
-            attention_mask=mask,
-            position_ids=self.position_ids,
+            # A ready 4D mask skips transformers' mask building; other kernels get 2D.
+            attention_mask=mask[:, None, None, :] if self._sdpa else mask.long(),
+            position_ids=cached[:, None],
             past_key_values=self.cache,
             use_cache=True,
         )
-        self.cache = out.past_key_values
-        self.attention_mask = mask
+        self.cached = self.cached + 1
+        self._width = width + 1
         return self._advance(out.logits[:, -1, :])
 
     def _advance(self, logits: torch.Tensor) -> list[Generation]:
         """Sample, record the new tokens and prepare the next decode's inputs."""
-        reqs = [row.request for row in self.rows]
-        tokens = sample_rows(logits, [r.params for r in reqs], [r.generator for r in reqs])
+        chosen = torch.argmax(logits, dim=-1)
+        if self._sampled:
+            for i in self._sampled:
+                req = self.rows[i].request
+                chosen[i] = select_token(logits[i], req.params, req.generator)
+        tokens: list[int] = chosen.tolist()
         for row, token in zip(self.rows, tokens, strict=True):
             row.generated.append(token)
-        new = np.array(tokens, dtype=np.int64)
-        counts = np.array([len(row.generated) for row in self.rows], dtype=np.int64)
-        limits = np.array([r.max_new_tokens for r in reqs], dtype=np.int64)
-        codes = batching.finish_codes(new, counts, limits, self.eos_ids)
+        self._generated += 1
+        new = chosen.cpu().numpy() if chosen.device.type != "cpu" else chosen.numpy()
+        codes = batching.finish_codes(new, self._generated, self._limits, self.eos_ids)
         stops = self._match_stops()
-        device = self.input_ids.device
-        self.input_ids = torch.from_numpy(new).to(device).unsqueeze(1)
-        self.position_ids = torch.from_numpy(self.lengths.copy()).to(device).unsqueeze(1)
-        self.lengths = self.lengths + 1
+        self.input_ids = chosen.unsqueeze(1)
         gens = []
-        for i, (req, token) in enumerate(zip(reqs, tokens, strict=True)):
+        for i, (row, token) in enumerate(zip(self.rows, tokens, strict=True)):
             finish: FinishReason | None = None
-            if codes[i] == 1:
+            code = codes[i]
+            if code == 1:
                 finish = FinishReason.EOS
             elif stops is not None and stops[i] >= 0:
                 finish = FinishReason.STOP_SEQUENCE
-            elif codes[i] == 2:
+            elif code == 2:
                 finish = FinishReason.LENGTH
-            gens.append(Generation(req.seq_id, token, finish))
+            gens.append(Generation(row.request.seq_id, token, finish))
         return gens
 
     # ----------------------------------------------------------------- token-level stops
@@ -383,81 +322,99 @@ class CausalLMBatch:
 
     # ----------------------------------------------------------------- filter / concatenate
 
+    @torch.inference_mode()
     def filter(self, keep_ids: Sequence[int]) -> CausalLMBatch | None:
         """Keep only the rows whose sequence id is in ``keep_ids`` (None when none is left).
 
-        Drops the other rows' KV entries and trims left padding no remaining row needs.
-        Must be called after a step (prefill or decode), when the cache exists.
+        Must be called after a step (prefill or decode), when the cache exists. Leaving
+        rows' slots are refilled with the last rows (only those rows' KV is copied), so row
+        order is not preserved.
         """
         row_ids = np.array(self.seq_ids, dtype=np.int64)
         keep = batching.filter_indices(row_ids, np.asarray(keep_ids, dtype=np.int64))
-        if len(keep) == 0:
-            return None
         if len(keep) == len(self.rows):
             return self
-        device = self.input_ids.device
-        lengths = self.lengths[keep]
-        # The KV cache and mask hold ``lengths - 1`` tokens per row (the newest token is
-        # still the pending input); columns left of the longest of them are all padding.
-        cut = self.width - int(lengths.max()) + 1
-        index = torch.from_numpy(keep).to(device)
-        for layer in _cache_layers(self.cache):
-            layer.replace(
-                layer.keys[index, :, cut:, :], layer.values[index, :, cut:, :], KV_HEADROOM
-            )
-        self.attention_mask = self.attention_mask[index, cut:]
-        self.input_ids = self.input_ids[index]
-        self.position_ids = self.position_ids[index]
-        self.lengths = lengths
-        self.rows = [self.rows[i] for i in keep.tolist()]
-        self._build_stop_plan()
+        if self.cache is None:
+            raise RuntimeError("filter before prefill")
+        layers = cache_layers(self.cache)
+        if len(keep) == 0:
+            for layer in layers:
+                layer.release()
+            self.cache = None
+            return None
+        order, dst, src = batching.compact_plan(keep, len(self.rows))
+        if len(dst):
+            device = self.input_ids.device
+            dst_t = torch.from_numpy(dst).to(device)
+            src_t = torch.from_numpy(src).to(device)
+            cols = int(self.cached[src].max())
+            for layer in layers:
+                layer.move_rows(dst_t, src_t, cols)
+        self._take(order)
+        self._width = int(self.cached.max())
+        for layer in layers:
+            layer.rows = len(keep)
+            layer.view(self._width)
         return self
 
+    def _take(self, order: np.ndarray[Any, np.dtype[np.int64]]) -> None:
+        """Keep the per-row state of rows ``order`` (old positions), in that order."""
+        self.rows = [self.rows[i] for i in order.tolist()]
+        self.cached = self.cached[order]
+        self._generated = self._generated[order]
+        self._limits = self._limits[order]
+        self.input_ids = self.input_ids[torch.from_numpy(order).to(self.input_ids.device)]
+        self._rows_changed()
+
+    def _rows_changed(self) -> None:
+        self._sampled = [i for i, r in enumerate(self.rows) if not r.request.params.greedy]
+        self._build_stop_plan()
+
     @classmethod
+    @torch.inference_mode()
     def concatenate(cls, batches: Sequence[CausalLMBatch]) -> CausalLMBatch:
-        """Merge prefilled batches into one, re-padding masks and KV caches on the left."""
+        """Merge prefilled batches into one (the one with the most slots absorbs the rest).
+
+        Only the absorbed batches' rows are copied, into the free slots after the running
+        rows; nothing is re-padded. Returns the absorbing batch; the others are emptied.
+        """
         batches = [b for b in batches if len(b)]
         if not batches:
             raise ValueError("concatenate needs at least one non-empty batch")
         if len(batches) == 1:
             return batches[0]
-        widths = np.array([b.width for b in batches], dtype=np.int64)
-        sizes = np.array([len(b) for b in batches], dtype=np.int64)
-        starts, offsets, width = batching.concat_layout(widths, sizes)
-        total = int(starts[-1])
-        first = batches[0]
-        mask = first.attention_mask.new_zeros((total, width))
-        per_batch_layers = [_cache_layers(b.cache) for b in batches]
-        n_layers = len(per_batch_layers[0])
-        if any(len(layers) != n_layers for layers in per_batch_layers):
-            raise ValueError("cannot concatenate batches whose caches differ in layers")
-        merged: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for li in range(n_layers):
-            ref = per_batch_layers[0][li].keys
-            shape = (total, ref.shape[1], width + KV_HEADROOM, ref.shape[3])
-            keys = ref.new_zeros(shape)
-            values = per_batch_layers[0][li].values.new_zeros(shape)
-            for bi, layers in enumerate(per_batch_layers):
-                r0, r1, c0 = int(starts[bi]), int(starts[bi + 1]), int(offsets[bi])
-                keys[r0:r1, :, c0:width, :] = layers[li].keys
-                values[r0:r1, :, c0:width, :] = layers[li].values
-            merged.append((keys, values))
-        for bi, b in enumerate(batches):
-            mask[int(starts[bi]) : int(starts[bi + 1]), int(offsets[bi]) :] = b.attention_mask
-        for layer, (keys, values) in zip(per_batch_layers[0], merged, strict=True):
-            layer.adopt(keys, values, width)
-        merged_batch = cls(
-            [row for b in batches for row in b.rows],
-            torch.cat([b.input_ids for b in batches], dim=0),
-            mask,
-            torch.cat([b.position_ids for b in batches], dim=0),
-            np.concatenate([b.lengths for b in batches]),
-            first.eos_ids.tolist(),
-            first.cache,
-        )
-        for b in batches[1:]:
+        if any(b.cache is None for b in batches):
+            raise ValueError("concatenate needs prefilled batches")
+        base = max(batches, key=lambda b: row_capacity(b.cache))
+        others = [b for b in batches if b is not base]
+        ordered = [base, *others]
+        widths = np.array([b.width for b in ordered], dtype=np.int64)
+        sizes = np.array([len(b) for b in ordered], dtype=np.int64)
+        starts, _, width = batching.concat_layout(widths, sizes)
+        layers = cache_layers(base.cache)
+        for layer in layers:
+            layer.reserve(int(starts[-1]), width + 1, base.width)
+        for i, b in enumerate(others, start=1):
+            theirs = cache_layers(b.cache)
+            if len(theirs) != len(layers):
+                raise ValueError("cannot concatenate batches whose caches differ in layers")
+            for layer, other in zip(layers, theirs, strict=True):
+                assert layer.rows == int(starts[i])
+                layer.append_rows(other, b.width)
+                other.release()
             b.cache = None
-        return merged_batch
+        base.rows = [row for b in ordered for row in b.rows]
+        base.cached = np.concatenate([b.cached for b in ordered])
+        base._generated = np.concatenate([b._generated for b in ordered])
+        base._limits = np.concatenate([b._limits for b in ordered])
+        base.input_ids = torch.cat([b.input_ids for b in ordered], dim=0)
+        base._width = width
+        base._rows_changed()
+        for layer in layers:
+            layer.view(width)
+        for b in others:
+            b.rows = []
+        return base
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
