@@ -20,6 +20,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from optiserve.cache.config import CacheConfig
 from optiserve.cache.index import IndexParams, configure_faiss, new_hnsw, set_ef_search
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -28,7 +29,8 @@ QUERIES_FILE = OUT / "index_1m_queries.npz"
 N = 1_000_000
 DIM = 384
 SEED = 1234
-EF_SEARCH = 64
+#: The cache's default HNSW search breadth (CacheConfig.hnsw_ef_search).
+EF_SEARCH = CacheConfig().hnsw_ef_search
 
 
 def _normalise(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -84,18 +86,25 @@ def measure(ef_search: int = EF_SEARCH) -> dict[str, float]:
     queries, truth = data["queries"], data["truth"]
     for q in queries[:100]:
         index.search(q.reshape(1, -1), 1)
-    times: list[float] = []
+    # Three rounds over the 1,000 queries; the median round's percentiles are reported, so
+    # a burst from another process on this shared 2-core machine does not decide the p99.
+    rounds: list[tuple[float, float]] = []
     found: list[int] = []
-    for q in queries:
-        started = time.perf_counter()
-        _, ids = index.search(q.reshape(1, -1), 1)
-        times.append((time.perf_counter() - started) * 1000)
-        found.append(int(ids[0, 0]))
+    for _ in range(3):
+        times: list[float] = []
+        found = []
+        for q in queries:
+            started = time.perf_counter()
+            _, ids = index.search(q.reshape(1, -1), 1)
+            times.append((time.perf_counter() - started) * 1000)
+            found.append(int(ids[0, 0]))
+        rounds.append((float(np.percentile(times, 50)), float(np.percentile(times, 99))))
+    p50, p99 = sorted(rounds, key=lambda r: r[1])[1]
     recall = float(np.mean(np.asarray(found) == truth))
     return {
         "index_entries": float(index.ntotal),
-        "index_lookup_p50_ms_1m": float(np.percentile(times, 50)),
-        "index_lookup_p99_ms_1m": float(np.percentile(times, 99)),
+        "index_lookup_p50_ms_1m": p50,
+        "index_lookup_p99_ms_1m": p99,
         "index_recall_at_1_1m": recall,
     }
 

@@ -83,7 +83,9 @@ def _norm(text: str) -> str:
 
 def embed_cached(embedder: Embedder, texts: list[str], tag: str) -> FloatArray:
     """Embeddings of ``texts``; reused from ``out/`` when the texts and model are the same."""
-    digest = hashlib.sha256(("\x00".join(texts) + str(embedder.path)).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(
+        ("\x00".join(texts) + str(embedder.path) + embedder.backend).encode()
+    ).hexdigest()[:16]
     file = OUT / f"emb-{tag}-{digest}.npy"
     if file.exists():
         loaded: FloatArray = np.load(file)

@@ -17,16 +17,29 @@ from optiserve.engine.types import CacheLayer, CacheOutcome, FinishReason
 Factory = Callable[..., ResponseCache]
 
 
-def test_embedder_matches_sentence_transformers(embedder: Embedder) -> None:
+def test_embedder_matches_sentence_transformers(
+    embedder: Embedder, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     from sentence_transformers import SentenceTransformer
 
-    texts = ["How do I reset my password?", "FAISS is a vector index.", ""]
+    texts = [
+        "How do I reset my password?",
+        "FAISS is a vector index.",
+        "",
+        "What is the best way to learn machine learning from scratch in 2024?",
+        "Why is the sky blue?",
+        "How many moons does Jupiter have?",
+    ]
     reference = SentenceTransformer(str(embedder.path), device="cpu").encode(
         texts, normalize_embeddings=True
     )
-    ours = embedder.embed_many(texts)
-    assert ours.shape == (3, 384)
-    assert float(np.min(np.sum(ours * reference, axis=1))) > 0.9999
+    fp32 = Embedder(onnx_dir=tmp_path_factory.mktemp("fp32"), quantize="none")
+    exact = fp32.embed_many(texts)
+    assert exact.shape == (len(texts), 384)
+    assert float(np.min(np.sum(exact * reference, axis=1))) > 0.9999
+    assert embedder.quantize == "int8"  # the default the cache runs with
+    quantized = embedder.embed_many(texts)
+    assert float(np.mean(np.sum(quantized * reference, axis=1))) >= 0.99
 
 
 def test_empty_and_oversized_text(embedder: Embedder) -> None:

@@ -3,15 +3,17 @@
 The hit path embeds one short question, so speed matters more than convenience:
 
 * ``backend="onnx"`` (default when ``onnxruntime`` and ``onnx`` are installed): the encoder,
-  pooling and normalisation are exported once to ONNX (cached next to the data, keyed by the
-  model's weights) and run by ONNX Runtime with one thread. Measured on a 2-core CPU:
-  3.3 ms p50 per question, vectors equal to torch's (cosine ≥ 0.99999).
+  pooling and normalisation are exported once to ONNX (cached in ``onnx_dir``, keyed by the
+  model's weights) and run by ONNX Runtime with one thread. With ``quantize="int8"``
+  (default) the MatMul weights are quantized per channel (ONNX Runtime dynamic int8).
+  Measured on a 2-core CPU over 400 Quora questions: fp32 3.1 ms p50 (cosine to torch
+  ≥ 0.99999); int8 1.7 ms p50, mean cosine 0.9946 (min 0.986) to fp32.
 * ``backend="torch"``: the BERT encoder run directly with torch (no sentence-transformers
   wrapper): 12 ms p50 on the same CPU; the fallback when ONNX is unavailable.
 
-Either way the vectors equal sentence-transformers' ``encode(normalize_embeddings=True)``
-to float precision (tested). Text longer than ``max_tokens`` is truncated; empty text embeds
-as ``[CLS] [SEP]``.
+fp32 vectors equal sentence-transformers' ``encode(normalize_embeddings=True)`` to float
+precision (tested). Text longer than ``max_tokens`` is truncated; empty text embeds as
+``[CLS] [SEP]``.
 """
 
 from __future__ import annotations
@@ -64,11 +66,15 @@ class Embedder:
         threads: int = 1,
         backend: str = "auto",
         onnx_dir: Path | None = None,
+        quantize: str = "int8",
     ) -> None:
         from tokenizers import Tokenizer
 
         if backend not in ("auto", "onnx", "torch"):
             raise ValueError(f"embedder backend must be auto, onnx or torch, not {backend!r}")
+        if quantize not in ("int8", "none"):
+            raise ValueError(f"embedder quantize must be int8 or none, not {quantize!r}")
+        self.quantize = quantize
         model_dir = Path(path) if path else default_model_path()
         self.path = model_dir
         self.max_tokens = max(2, int(max_tokens))
@@ -89,8 +95,10 @@ class Embedder:
                 backend = "torch"
         if backend == "torch":
             self._model = self._load_torch_model(eager=False)
-        self.backend = backend
         self.dim = int(self.embed("dimension probe").shape[0])
+        if backend == "onnx" and quantize == "int8":
+            backend = "onnx-int8"
+        self.backend = backend
         logger.info(
             "semantic cache embedder: %s via %s, dim %d, max %d tokens",
             model_dir,
@@ -132,11 +140,27 @@ class Embedder:
         file = folder / f"embedder-{self._weights_digest()}.onnx"
         if not file.exists():
             self._export_onnx(file)
+        if self.quantize == "int8":
+            file = self._quantized(file)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         return ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+
+    @staticmethod
+    def _quantized(file: Path) -> Path:
+        """The int8 twin of ``file`` (dynamic, per-channel weights), made once."""
+        target = file.with_name(file.stem + "-int8.onnx")
+        if not target.exists():
+            quantization: Any = importlib.import_module("onnxruntime.quantization")
+            tmp = target.with_suffix(f".{threading.get_ident()}.tmp")
+            quantization.quantize_dynamic(
+                str(file), str(tmp), weight_type=quantization.QuantType.QInt8, per_channel=True
+            )
+            tmp.replace(target)
+            logger.info("quantized the embedder to int8 at %s", target)
+        return target
 
     def _export_onnx(self, file: Path) -> None:
         import warnings

@@ -49,7 +49,7 @@ class IndexParams:
     dim: int = 384
     flat_max_entries: int = 50_000
     hnsw_m: int = 32
-    hnsw_ef_search: int = 64
+    hnsw_ef_search: int = 96
     hnsw_ef_construction: int = 80
     use_gpu: bool = True
 

@@ -160,6 +160,7 @@ class ResponseCache:
                     max_tokens=config.embedder_max_tokens,
                     threads=config.embedder_threads,
                     onnx_dir=data_dir / "onnx",
+                    quantize=config.embedder_quantize,
                 )
             except Exception:
                 logger.exception("semantic cache disabled: the embedder failed to load")

@@ -88,7 +88,9 @@ def _embed(embedder: Any, texts: list[str], folder: Path | None) -> npt.NDArray[
     if folder is None:
         vectors: npt.NDArray[np.float32] = embedder.embed_many(texts)
         return vectors
-    key = hashlib.sha256(("\x00".join(texts) + str(embedder.path)).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        ("\x00".join(texts) + str(embedder.path) + embedder.backend).encode()
+    ).hexdigest()[:16]
     file = folder / f"guard-train-{key}.npy"
     if file.exists():
         loaded: npt.NDArray[np.float32] = np.load(file)
