@@ -61,3 +61,16 @@ def test_shipped_weights_load_and_decide() -> None:
     low = guard.check("How do I cook rice?", "How do I sell my car?", 0.3)
     assert not low.accepted
     assert Guard.load(threshold=0.0).check("a b c", "d e f", 0.1).accepted
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("How do you convert kilometers to miles?", "How do I convert miles to kilometers?"),
+        ("Is Python faster than Java?", "Is Java faster than Python?"),
+        ("How do I fly from London to Paris?", "How do I fly from Paris to London?"),
+    ],
+)
+def test_direction_veto(a: str, b: str) -> None:
+    assert "direction" in analyse(a, b, 0.97)[1]
+    assert analyse("Python vs Java?", "Java vs Python?", 0.97)[1] == []

@@ -1,19 +1,32 @@
 """The false-hit guard: after a vector match, decide whether two questions mean the same.
 
 A vector match says two questions are about the same thing; it does not say they ask the
-same thing ("How do I lose weight?" / "How do I gain weight?" are close in MiniLM space).
-The guard looks at cheap, general features of the pair and a small logistic model turns them
-into a probability that the cached answer answers the new question:
+same thing ("Is X safe?" / "Is X not safe?" are at cosine 0.97 in MiniLM space). The guard
+runs two checks on the cached question and the new one:
 
-* cosine similarity of the embeddings (and its square: the model bends at the top);
-* numbers: a number in one question and not the other (``iPhone 6`` vs ``iPhone 7``);
-* negation: a different count of negation words (``not``, ``never``, ``n't``, ...);
-* named entities: capitalised words / acronyms present in one question only;
-* question type: a different wh-word (how/why/what/when/where/who/which/how many...);
-* lexical overlap: Jaccard of content words, and the share of content words of each side
-  missing from the other (a pair that differs by one content word is what QQP's hard
-  negatives look like);
-* length ratio.
+1. Hard vetoes, rules that hold whatever the training data says (QQP rarely contains these
+   pairs, so a model trained on it would not learn them; the opposite-question failure is
+   exactly what a semantic cache must never serve):
+
+   * number: both name numbers and they differ (digits and number words: ``iPhone 6`` /
+     ``iPhone 7``, ``two`` = ``2``);
+   * negation: one side negates and the other does not while the rest of the wording
+     agrees (a leading "No," answers, it does not negate);
+   * entity: each side names a proper noun or acronym the other lacks (``France`` /
+     ``Germany``; ``ML`` = ``machine learning``, ``JS`` = ``JavaScript`` are the same);
+   * direction: two words swap sides of to/into/than/from/over (``kilometers to miles``).
+
+2. A small logistic model over cheap features gives the probability that the cached answer
+   answers the new question; the match is served when it reaches the calibrated threshold:
+
+   * cosine similarity (and its square);
+   * the mismatch flags above as soft features, and a different wh-word;
+   * lexical overlap: Jaccard of content words and the share of each side's content words
+     missing from the other;
+   * length: the ratio of the two lengths, and the shorter length (log) alone and times the
+     cosine: the data shows a longer question's paraphrase drifts further in cosine, so the
+     model learns a lower cosine bar for long texts and a higher one for short questions
+     (where one changed word is the whole difference).
 
 The weights live in ``guard_weights.json`` next to this module, trained by
 ``python -m optiserve.cache.train_guard`` on one fixed half of ``qqp_dev.jsonl`` (seed
@@ -54,6 +67,8 @@ _NEGATED_AUX = _words("do does did is are was were wo ca could would should has 
 #: A negation flip vetoes a match only when the rest of the wording mostly agrees (an
 #: "opposite question"); reworded paraphrases often move negations around.
 NEGATION_VETO_MAX_MISSING = 0.25
+_DIRECTION = _words("to into than from over")
+_COMPARATIVE = _words("better worse more less rather")
 _WH = ("how many", "how much", "how long", "how old", "how often", "how far")
 _WH_SINGLE = ("what", "why", "how", "when", "where", "who", "whom", "whose", "which")
 _STOPWORDS = _words(
@@ -76,6 +91,8 @@ FEATURES = (
     "missing_max",
     "missing_min",
     "length_ratio",
+    "log_length",
+    "cosine_x_log_length",
 )
 
 
@@ -87,6 +104,9 @@ class _Parsed:
     negations: int
     entities: frozenset[str]
     wh: str
+    #: (x, y) for content words x before y with a direction word between them
+    #: ("kilometers to miles", "Python better than Java").
+    directed: frozenset[tuple[str, str]]
 
 
 _NUMBER_WORDS = {
@@ -157,7 +177,29 @@ def parse(text: str) -> _Parsed:
         negations=sum(1 for w in words if _is_negation(w)) - (1 if answer_no else 0),
         entities=frozenset(entities),
         wh=_wh_word(text.lower()),
+        directed=_directed(words),
     )
+
+
+def _directed(words: tuple[str, ...]) -> frozenset[tuple[str, str]]:
+    """Ordered content-word pairs around a direction word (see ``_Parsed.directed``)."""
+    out: set[tuple[str, str]] = set()
+    for i, w in enumerate(words):
+        if w not in _DIRECTION:
+            continue
+        before = [
+            _stem(x)
+            for x in words[:i]
+            if x not in _STOPWORDS
+            and x not in _DIRECTION
+            and not (w == "than" and (x in _COMPARATIVE or x.endswith("er")))
+        ]
+        after = [_stem(x) for x in words[i + 1 :] if x not in _STOPWORDS and x not in _DIRECTION]
+        for x in before[-1:]:
+            for y in after[:1]:
+                if x != y:
+                    out.add((x, y))
+    return frozenset(out)
 
 
 def _same_entity(entity: str, other: _Parsed) -> bool:
@@ -197,7 +239,9 @@ def _vetoes(pa: _Parsed, pb: _Parsed, missing_max: float) -> list[str]:
     * number: both sides name numbers and they differ (``iPhone 6`` / ``iPhone 7``);
     * negation: one side negates and the other does not, while the rest of the wording
       mostly agrees (``Is X safe?`` / ``Is X not safe?``);
-    * entity: each side names something the other does not (``France`` / ``Germany``).
+    * entity: each side names something the other does not (``France`` / ``Germany``);
+    * direction: the same two words swap sides of a direction word (``kilometers to miles``
+      / ``miles to kilometers``, ``A better than B`` / ``B better than A``).
     """
     out: list[str] = []
     if pa.numbers and pb.numbers and pa.numbers != pb.numbers:
@@ -208,6 +252,8 @@ def _vetoes(pa: _Parsed, pb: _Parsed, missing_max: float) -> list[str]:
     only_b = {e for e in pb.entities - pa.entities if not _same_entity(e, pa)}
     if only_a and only_b:
         out.append("entity")
+    if any((y, x) in pb.directed for x, y in pa.directed):
+        out.append("direction")
     return out
 
 
@@ -233,6 +279,8 @@ def analyse(a: str, b: str, cosine: float) -> tuple[npt.NDArray[np.float64], lis
             max(miss_a, miss_b),
             min(miss_a, miss_b),
             min(la, lb) / max(1, la, lb),
+            math.log1p(min(la, lb)),
+            cosine * math.log1p(min(la, lb)),
         ],
         dtype=np.float64,
     )
