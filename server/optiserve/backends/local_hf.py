@@ -155,16 +155,21 @@ class LocalHFBackend:
     async def stream(
         self, request: GenerateRequest, params: SamplingParams
     ) -> AsyncIterator[BackendEvent]:
-        """Generate: text deltas as they are decoded, then one Completion."""
+        """Generate: text deltas as they are decoded, then one Completion.
+
+        Tokens that arrived while the consumer was busy are coalesced into one delta (one
+        message per stream and step at most); the first token is never held back.
+        """
         if self.scheduler is None:
             raise Unavailable(f"model {self._config.name!r} is not loaded yet; retry shortly")
         handle = self.scheduler.submit(self.encode(request), params, request.deadline)
         try:
-            async for event in handle:
-                if isinstance(event, sched.TokenEvent):
-                    if event.text:
-                        yield event.text
-                else:
+            while events := await handle.next_events():
+                text = "".join(e.text for e in events if isinstance(e, sched.TokenEvent))
+                if text:
+                    yield text
+                event = events[-1]
+                if isinstance(event, sched.Completion):
                     yield Completion(
                         finish_reason=event.finish_reason,
                         prompt_tokens=event.prompt_tokens,

@@ -5,9 +5,11 @@ runs this loop::
 
     while running:
         drop cancelled and deadline-expired sequences (waiting and running)
-        admit waiting requests in FIFO order while max_batch_size / max_batch_tokens allow
-          (when idle, first wait up to max_wait_ms so a burst is prefilled together)
-        prefill the admitted ones and concatenate them into the running batch
+        admit waiting requests in FIFO order while max_batch_size / max_batch_tokens /
+          max_prefill_tokens allow (when idle, first wait up to max_wait_ms so a burst is
+          prefilled together; a burst larger than max_prefill_tokens spreads over steps)
+        prefill the admitted ones, deliver their first tokens at once, and concatenate
+          them into the running batch
         decode one token for every running sequence
         detokenize, match stop strings, deliver events, filter finished sequences
 
@@ -120,9 +122,31 @@ class SequenceHandle:
         return self
 
     async def __anext__(self) -> SequenceEvent:
+        if not await self._wait():
+            raise StopAsyncIteration
+        return self._pop()
+
+    async def next_events(self) -> list[SequenceEvent]:
+        """Wait for at least one event; return it and every event already delivered.
+
+        The events come in order and end at the Completion (if it is among them). Returns
+        ``[]`` once the sequence has ended; raises the sequence's domain error when it is
+        the next item (events delivered before an error are returned first). Lets a
+        consumer that fell behind send one message for several tokens.
+        """
+        if not await self._wait():
+            return []
+        events = [self._pop()]
+        items = self._items
+        while items and not self._finished and not isinstance(items[0], BaseException):
+            events.append(self._pop())
+        return events
+
+    async def _wait(self) -> bool:
+        """Wait until an item is available (True) or the sequence has ended (False)."""
         while not self._items:
             if self._finished:
-                raise StopAsyncIteration
+                return False
             self._waiter = self._loop.create_future()
             try:
                 await self._waiter
@@ -131,6 +155,9 @@ class SequenceHandle:
                 raise
             finally:
                 self._waiter = None
+        return True
+
+    def _pop(self) -> SequenceEvent:
         item = self._items.popleft()
         if isinstance(item, BaseException):
             self._finished = True
@@ -376,6 +403,7 @@ class Scheduler:
         admitted = self._admit(now)
         if admitted:
             self._prefill(admitted)
+            self._flush()  # first tokens go out now, not after the decode step
         if self._batch is not None:
             self._decode()
         if self._metrics:
@@ -413,12 +441,17 @@ class Scheduler:
         )
 
     def _admit(self, now: float) -> list[_Sequence]:
-        """Pop waiting sequences in FIFO order while the batch limits allow."""
+        """Pop waiting sequences in FIFO order while the batch and prefill limits allow."""
         budget = self.config.max_batch_tokens - sum(s.reserved for s in self._running.values())
         room = self.config.max_batch_size - len(self._running)
         admitted: list[_Sequence] = []
+        widest = 0
         with self._cond:
             while self._waiting and room > 0 and self._waiting[0].reserved <= budget:
+                head = self._waiting[0]
+                widest = max(widest, len(head.request.prompt_ids))
+                if admitted and widest * (len(admitted) + 1) > self.config.max_prefill_tokens:
+                    break
                 seq = self._waiting.popleft()
                 budget -= seq.reserved
                 room -= 1
