@@ -130,3 +130,20 @@ async def test_prometheus_counters(make_cache: Factory) -> None:
     assert "optiserve_cache_entries 1.0" in text
     assert "optiserve_cache_cost_saved_usd_total 0.5" in text
     assert "optiserve_cache_tokens_saved_total 7.0" in text
+
+
+async def test_cache_failures_never_fail_the_request(
+    make_cache: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = make_cache()
+    assert cache.embedder is not None
+
+    def broken(text: str) -> None:
+        raise RuntimeError("embedder exploded")
+
+    monkeypatch.setattr(cache.embedder, "embed", broken)
+    await cache.store(chat("q"), "m", "a", 1, 0.0, FinishReason.EOS)  # no exception
+    result = await cache.lookup(chat("another question"), "m")
+    assert result.entry is None
+    assert "cache error" in result.trace[-1].detail
+    assert cache.stats().store_errors == 1

@@ -85,6 +85,8 @@ class CacheStats:
     #: Lookups not attempted (bypass, refresh, non-zero temperature, disabled).
     skipped: int = 0
     stores: int = 0
+    #: Stores that failed (logged; the request was still answered).
+    store_errors: int = 0
     evictions: int = 0
     expirations: int = 0
     entries: int = 0

@@ -52,6 +52,7 @@ class CacheCollector:
             ("cost_saved_usd", stats.cost_saved_usd, "Cost of the generations hits replaced."),
             ("tokens_saved", stats.tokens_saved, "Completion tokens hits did not generate."),
             ("redis_errors", stats.redis_errors, "Redis calls that failed (fallback used)."),
+            ("store_errors", stats.store_errors, "Cache writes that failed (logged)."),
         ):
             yield CounterMetricFamily(f"optiserve_cache_{name}", doc, value=value)
 

@@ -243,7 +243,7 @@ class ResponseCache:
                     (CacheLookup(CacheLayer.EXACT, CacheOutcome.HIT, 1.0, str(entry.entry_id)),),
                 )
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._lookup_slow, request, keys)
+        return await loop.run_in_executor(self._executor, self._lookup_safe, request, keys)
 
     def lookup_sync(self, request: GenerateRequest, model: str) -> CacheResult:
         """Blocking lookup (benchmarks, tests, threads); same semantics as :meth:`lookup`."""
@@ -263,7 +263,19 @@ class ResponseCache:
                     self._hit(entry, CacheLayer.EXACT, 1.0, "memory"),
                     (CacheLookup(CacheLayer.EXACT, CacheOutcome.HIT, 1.0, str(entry.entry_id)),),
                 )
-        return self._lookup_slow(request, keys)
+        return self._lookup_safe(request, keys)
+
+    def _lookup_safe(self, request: GenerateRequest, keys: RequestKeys) -> CacheResult:
+        """:meth:`_lookup_slow`, but a failing cache is a miss, never a failed request."""
+        try:
+            return self._lookup_slow(request, keys)
+        except Exception as exc:
+            logger.exception("response cache lookup failed; answering as a miss")
+            self._count(misses=1)
+            detail = f"cache error: {type(exc).__name__}"
+            return CacheResult(
+                None, (CacheLookup(CacheLayer.SEMANTIC, CacheOutcome.MISS, detail=detail),)
+            )
 
     def _lookup_slow(self, request: GenerateRequest, keys: RequestKeys) -> CacheResult:
         trace: list[CacheLookup] = []
@@ -361,7 +373,7 @@ class ResponseCache:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(
             self._executor,
-            self._store_sync,
+            self._store_safe,
             request,
             model,
             text,
@@ -381,7 +393,7 @@ class ResponseCache:
     ) -> None:
         """Blocking :meth:`store` (benchmarks, tests, threads)."""
         if self._should_store(request, text, finish_reason):
-            self._store_sync(request, model, text, completion_tokens, cost_usd, finish_reason)
+            self._store_safe(request, model, text, completion_tokens, cost_usd, finish_reason)
 
     def _should_store(self, request: GenerateRequest, text: str, finish: FinishReason) -> bool:
         return (
@@ -391,6 +403,22 @@ class ResponseCache:
             and bool(text)
             and not self._closed
         )
+
+    def _store_safe(
+        self,
+        request: GenerateRequest,
+        model: str,
+        text: str,
+        completion_tokens: int,
+        cost_usd: float,
+        finish_reason: FinishReason,
+    ) -> None:
+        """:meth:`_store_sync`; a failing cache write is logged, never raised to the caller."""
+        try:
+            self._store_sync(request, model, text, completion_tokens, cost_usd, finish_reason)
+        except Exception:
+            logger.exception("response cache store failed; the answer was not cached")
+            self._count(store_errors=1)
 
     def _store_sync(
         self,
