@@ -225,28 +225,24 @@ class ResponseCache:
         return ""
 
     async def lookup(self, request: GenerateRequest, model: str) -> CacheResult:
-        """Look ``request`` up (as served by ``model``); never blocks the event loop."""
-        mode = request.cache.mode
-        if mode not in _LOOKUP_MODES:
-            self._count(skipped=1)
-            return CacheResult(None, _skipped(f"cache mode {mode.value}"))
-        why = self._cacheable(request)
-        if why:
-            self._count(skipped=1)
-            return CacheResult(None, _skipped(why))
-        keys = request_keys(request, model, embed_text=self.config.embed_text)
-        if self.config.exact_enabled:
-            entry = self._table.find_exact(keys.exact)
-            if entry is not None:
-                return CacheResult(
-                    self._hit(entry, CacheLayer.EXACT, 1.0, "memory"),
-                    (CacheLookup(CacheLayer.EXACT, CacheOutcome.HIT, 1.0, str(entry.entry_id)),),
-                )
+        """Look ``request`` up (as served by ``model``); never blocks the event loop.
+
+        Policy checks and an in-process exact hit are answered inline (microseconds); Redis,
+        embedding and search run on the cache's thread pool.
+        """
+        quick = self._lookup_fast(request, model)
+        if isinstance(quick, CacheResult):
+            return quick
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._lookup_safe, request, keys)
+        return await loop.run_in_executor(self._executor, self._lookup_safe, request, quick)
 
     def lookup_sync(self, request: GenerateRequest, model: str) -> CacheResult:
         """Blocking lookup (benchmarks, tests, threads); same semantics as :meth:`lookup`."""
+        quick = self._lookup_fast(request, model)
+        return quick if isinstance(quick, CacheResult) else self._lookup_safe(request, quick)
+
+    def _lookup_fast(self, request: GenerateRequest, model: str) -> CacheResult | RequestKeys:
+        """A final answer (skipped, in-process exact hit) or the keys to look up further."""
         mode = request.cache.mode
         if mode not in _LOOKUP_MODES:
             self._count(skipped=1)
@@ -259,11 +255,9 @@ class ResponseCache:
         if self.config.exact_enabled:
             entry = self._table.find_exact(keys.exact)
             if entry is not None:
-                return CacheResult(
-                    self._hit(entry, CacheLayer.EXACT, 1.0, "memory"),
-                    (CacheLookup(CacheLayer.EXACT, CacheOutcome.HIT, 1.0, str(entry.entry_id)),),
-                )
-        return self._lookup_safe(request, keys)
+                lookup = CacheLookup(CacheLayer.EXACT, CacheOutcome.HIT, 1.0, str(entry.entry_id))
+                return CacheResult(self._hit(entry, CacheLayer.EXACT, 1.0), (lookup,))
+        return keys
 
     def _lookup_safe(self, request: GenerateRequest, keys: RequestKeys) -> CacheResult:
         """:meth:`_lookup_slow`, but a failing cache is a miss, never a failed request."""
@@ -313,10 +307,10 @@ class ResponseCache:
             else:
                 self._count(misses=1)
             return CacheResult(None, tuple(trace))
-        hit = self._hit(found.entry, CacheLayer.SEMANTIC, found.lookup.similarity, "")
+        hit = self._hit(found.entry, CacheLayer.SEMANTIC, found.lookup.similarity)
         return CacheResult(hit, tuple(trace))
 
-    def _hit(self, entry: CacheEntry, layer: CacheLayer, similarity: float, _: str) -> CachedAnswer:
+    def _hit(self, entry: CacheEntry, layer: CacheLayer, similarity: float) -> CachedAnswer:
         self._table.touch(entry)
         if layer is CacheLayer.EXACT:
             self._count(
