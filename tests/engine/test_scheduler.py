@@ -337,3 +337,37 @@ async def test_metrics_are_recorded(tiny_llama: TinyLM) -> None:
         registry.get_sample_value("optiserve_scheduler_inter_token_latency_seconds_count", labels)
         == total - 5
     )
+
+
+async def test_prefill_budget_spreads_a_burst_over_steps(tiny_llama: TinyLM) -> None:
+    """A burst larger than max_prefill_tokens is prefilled in FIFO chunks, tokens exact."""
+    widths: list[int] = []
+
+    def record(input_ids: Any) -> None:
+        if input_ids.shape[1] > 1:  # a prefill
+            widths.append(int(input_ids.shape[0] * input_ids.shape[1]))
+
+    model = WrappedModel(tiny_llama.model, record)
+    cases = prompts(12, seed=8, lo=20, hi=40)
+    with running(tiny_llama, model, max_prefill_tokens=100, max_wait_ms=20) as scheduler:
+        handles = [scheduler.submit(p, greedy(6)) for p in cases]
+        results = await asyncio.wait_for(asyncio.gather(*map(collect, handles)), WATCHDOG_S)
+    assert len(widths) >= 4  # 12 prompts of 20-40 tokens, at most 100 padded tokens a step
+    assert all(w <= 100 for w in widths)
+    for prompt, (tokens, _, _) in zip(cases, results, strict=True):
+        assert tokens == tiny_llama.reference(prompt, 6)
+
+
+async def test_next_events_coalesces_what_a_slow_consumer_missed(tiny_llama: TinyLM) -> None:
+    prompt = prompts(1, seed=9, lo=10, hi=10)[0]
+    with running(tiny_llama, max_wait_ms=0) as scheduler:
+        handle = scheduler.submit(prompt, greedy(12))
+        first = await asyncio.wait_for(handle.next_events(), WATCHDOG_S)
+        assert len(first) >= 1  # the first token is never held back
+        await asyncio.sleep(0.3)  # fall behind: the rest is already delivered
+        rest = await handle.next_events()
+        assert len(rest) > 1
+        assert isinstance(rest[-1], Completion)
+        assert await handle.next_events() == []
+    tokens = [e.token_id for e in first + rest if isinstance(e, TokenEvent)]
+    assert tokens == tiny_llama.reference(prompt, 12)

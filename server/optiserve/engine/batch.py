@@ -320,6 +320,15 @@ class CausalLMBatch:
         )
         return result
 
+    @torch.inference_mode()
+    def reserve(self, rows: int, cols: int = 0) -> None:
+        """Allocate KV room for ``rows`` rows and ``cols`` columns now (no re-allocation
+        until a join or a decode step needs more)."""
+        if self.cache is None:
+            raise RuntimeError("reserve before prefill")
+        for layer in cache_layers(self.cache):
+            layer.reserve(rows, max(cols, self._width + 1), self._width)
+
     # ----------------------------------------------------------------- filter / concatenate
 
     @torch.inference_mode()

@@ -11,7 +11,7 @@ that the attention mask hides. Consequences:
   rows are copied, not the cache);
 * a joining batch is copied into the free slots after the running rows (only the new rows
   are copied); the running rows never move or get re-padded;
-* buffers grow geometrically (rows and columns), so re-allocation is rare;
+* buffers grow geometrically (rows and columns, 2x), so re-allocation is rare;
 * buffers start zeroed: a hole never holds NaN/Inf garbage, which a masked attention
   weight of 0 would still turn into NaN (``0 * nan``).
 
@@ -31,8 +31,8 @@ KV_HEADROOM = 64
 
 
 def _grow(capacity: int, needed: int, minimum: int) -> int:
-    """A new capacity of at least ``needed``: 1.5x the old one, at least ``minimum`` more."""
-    return max(needed + minimum, capacity + capacity // 2)
+    """A new capacity of at least ``needed``: twice the old one, or ``minimum`` past needed."""
+    return max(needed + minimum, 2 * capacity)
 
 
 def _slot_layer_class() -> type:

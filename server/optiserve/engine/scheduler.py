@@ -40,7 +40,7 @@ from optiserve.engine.batch import CausalLMBatch, Generation, SequenceRequest, e
 from optiserve.engine.metrics import BoundMetrics, SchedulerMetrics
 from optiserve.engine.sampling import make_generator
 from optiserve.engine.scheduler_config import SchedulerConfig
-from optiserve.engine.text import IncrementalDetokenizer, StopMatcher
+from optiserve.engine.text import IncrementalDetokenizer, StopMatcher, fast_decoder
 from optiserve.engine.types import FinishReason, SamplingParams
 from optiserve.errors import (
     DeadlineExceeded,
@@ -246,6 +246,7 @@ class Scheduler:
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self._decoder = fast_decoder(tokenizer)
         self.config = config
         self.device = device
         self.name = name
@@ -342,7 +343,7 @@ class Scheduler:
         handle = SequenceHandle(seq_id, loop)
         generator = None if params.greedy else make_generator(params, self.device)
         request = SequenceRequest(seq_id, list(prompt_ids), params, generator, stop_token_ids)
-        detok = IncrementalDetokenizer(self.tokenizer, list(prompt_ids[-_PROMPT_TAIL:]))
+        detok = IncrementalDetokenizer(self._decoder, list(prompt_ids[-_PROMPT_TAIL:]))
         with self._cond:
             if self._stopping or self._thread is None:
                 raise Unavailable(f"model {self.name!r} is not running; retry shortly")
@@ -478,9 +479,12 @@ class Scheduler:
         if new is None:
             return
         try:
-            self._batch = (
-                new if self._batch is None else CausalLMBatch.concatenate([self._batch, new])
-            )
+            if self._batch is None:
+                longest = max(s.reserved for s in self._running.values())
+                new.reserve(self.config.max_batch_size, longest)
+                self._batch = new
+            else:
+                self._batch = CausalLMBatch.concatenate([self._batch, new])
         except Exception as exc:
             self._step_failed("batch merge", exc, list(self._running.values()))
 

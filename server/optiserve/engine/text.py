@@ -9,7 +9,7 @@ holds back any tail that could still become a stop string, so a stop string is n
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 
 class Decoder(Protocol):
@@ -18,6 +18,28 @@ class Decoder(Protocol):
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = ...) -> str:
         """Token ids to text."""
         ...
+
+
+def fast_decoder(tokenizer: Any) -> Decoder:
+    """The cheapest object that decodes exactly like ``tokenizer.decode``.
+
+    For a transformers ``TokenizersBackend`` (fast) tokenizer that does no space clean-up
+    and keeps the stock ``_decode``, that is its Rust ``tokenizers.Tokenizer`` (about 3x
+    less overhead per call); otherwise the tokenizer itself.
+    """
+    try:
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:  # pragma: no cover - other transformers layouts
+        return cast(Decoder, tokenizer)
+    raw = getattr(tokenizer, "_tokenizer", None)
+    if (
+        isinstance(tokenizer, TokenizersBackend)
+        and type(tokenizer)._decode is TokenizersBackend._decode
+        and not getattr(tokenizer, "clean_up_tokenization_spaces", False)
+        and callable(getattr(raw, "decode", None))
+    ):
+        return cast(Decoder, raw)
+    return cast(Decoder, tokenizer)
 
 
 class IncrementalDetokenizer:
