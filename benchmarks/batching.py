@@ -12,8 +12,10 @@ tiny Llama (random weights), greedy decoding. Measured in one run:
 
 Throughput counts useful tokens only: each request's own generated tokens (up to its
 max_new_tokens or end-of-sequence). TTFT is the server-measured time to first token.
-The server batches through the local backend's ``optiserve.engine.scheduler.Scheduler``.
-Prints one JSON line last.
+The server batches through the local backend's ``optiserve.engine.scheduler.Scheduler``
+with the default ``SchedulerConfig`` (slot KV cache, chunked prefill). The JSON also names
+the model, the scheduler settings and the host's 1-minute load average before and after
+(the figures are only comparable on an otherwise idle machine). Prints one JSON line last.
 
     python benchmarks/batching.py [--threads 1] [--requests 64]
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import sys
@@ -202,6 +205,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--requests", type=int, default=64)
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -219,6 +223,7 @@ def main() -> None:
     )
 
     from optiserve.config import Config, EngineConfig, LoggingConfig, ModelConfig, ServerConfig
+    from optiserve.engine.scheduler_config import SchedulerConfig
     from optiserve.rpc.server import ServerThread
 
     config = Config(
@@ -228,6 +233,12 @@ def main() -> None:
         models=(ModelConfig(name="bench", source=str(path), device="cpu", max_new_tokens_cap=512),),
     )
     server = ServerThread(config)
+    sched = SchedulerConfig(
+        max_batch_size=config.engine.max_batch_size,
+        max_batch_tokens=config.engine.max_batch_tokens,
+        max_wait_ms=config.engine.max_wait_ms,
+        max_queue=config.engine.max_queue,
+    )  # what the server builds from the engine config (the rest are defaults)
     server.start()
     results: dict[str, tuple[int, float, list[float]]] = {}
     try:
@@ -273,6 +284,17 @@ def main() -> None:
                 "ttft_p50_ms_c32": round(ttft32, 1),
                 "ttft_ratio_c32_vs_c1": round(ttft32 / ttft1, 2),
                 "threads": args.threads,
+                "model": (
+                    f"tiny {SPEC.arch} (random weights, fp32): hidden {SPEC.hidden_size}, "
+                    f"{SPEC.layers} layers, {SPEC.heads} heads, vocab {len(tokenizer)}"
+                ),
+                "scheduler": {
+                    "max_batch_size": sched.max_batch_size,
+                    "max_batch_tokens": sched.max_batch_tokens,
+                    "max_prefill_tokens": sched.max_prefill_tokens,
+                    "max_wait_ms": sched.max_wait_ms,
+                },
+                "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             }
         )
     )

@@ -69,8 +69,13 @@ def main() -> None:
     stop_offsets = np.cumsum([0] + [len(s) for s in stops]).astype(np.int64)
     stop_rows = np.array([i // 2 for i in range(2 * SEQS)], dtype=np.int64)
 
+    kept_rows = np.sort(np.array(rng.sample(range(SEQS), SEQS // 2), dtype=np.int64))
+    slot_lengths = np.array([len(s) for s in lists], dtype=np.int64)
+
     cases: dict[str, tuple[Callable[[Any], Any], int]] = {
         "filter_indices": (lambda m: m.filter_indices(row_ids, keep), 200),
+        "compact_plan": (lambda m: m.compact_plan(kept_rows, SEQS), 2000),
+        "align_index": (lambda m: m.align_index(slot_lengths, HI), 20),
         "concat_layout": (lambda m: m.concat_layout(widths, sizes), 2000),
         "finish_codes": (lambda m: m.finish_codes(new_tokens, generated, max_new, eos), 200),
         "match_stop_ids": (

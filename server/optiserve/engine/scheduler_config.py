@@ -26,7 +26,7 @@ class SchedulerConfig:
     max_batch_tokens: int = 8192
     max_wait_ms: float = 5.0
     max_queue: int = 256
-    max_prefill_tokens: int = 1024
+    max_prefill_tokens: int = 512
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
