@@ -12,8 +12,9 @@ that the attention mask hides. Consequences:
 * a joining batch is copied into the free slots after the running rows (only the new rows
   are copied); the running rows never move or get re-padded;
 * buffers grow geometrically (rows and columns, 2x), so re-allocation is rare;
-* buffers start zeroed: a hole never holds NaN/Inf garbage, which a masked attention
-  weight of 0 would still turn into NaN (``0 * nan``).
+* columns no row has written yet are zeroed: a hole never holds NaN/Inf garbage from
+  uninitialized memory, which a masked attention weight of 0 would still turn into NaN
+  (``0 * nan``); holes otherwise hold finite keys/values of padding or departed rows.
 
 The layers subclass transformers' ``DynamicLayer`` so models see an ordinary cache. During
 prefill a layer captures the (left-padded) prompt keys/values, gathers them left-aligned
@@ -81,10 +82,12 @@ def _slot_layer_class() -> type:
             dv = value_states.shape[3]
             index = self.align[:, None, :, None]
             spare = KV_HEADROOM
-            self.kbuf = key_states.new_zeros((n, h, w + spare, dk))
-            self.vbuf = value_states.new_zeros((n, h, w + spare, dv))
+            self.kbuf = key_states.new_empty((n, h, w + spare, dk))
+            self.vbuf = value_states.new_empty((n, h, w + spare, dv))
             torch.gather(key_states, 2, index.expand(n, h, w, dk), out=self.kbuf[:, :, :w])
             torch.gather(value_states, 2, index.expand(n, h, w, dv), out=self.vbuf[:, :, :w])
+            self.kbuf[:, :, w:].zero_()  # the gathered part is model output (finite)
+            self.vbuf[:, :, w:].zero_()
             self.align = None
             self.rows = n
             self.keys = self.kbuf[:, :, :w]

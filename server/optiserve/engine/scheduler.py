@@ -500,8 +500,8 @@ class Scheduler:
             elapsed = time.perf_counter() - started
             self._metrics.batch_size.observe(len(gens))
             self._metrics.tokens_per_second.set(len(gens) / elapsed if elapsed > 0 else 0.0)
-        self._emit(gens)
-        self._filter()
+        if len(self._emit(gens)) < len(gens):  # someone finished: free their slots
+            self._filter()
 
     def _filter(self) -> None:
         if self._batch is not None:
