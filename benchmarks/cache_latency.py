@@ -2,7 +2,8 @@
 lookups with 10k cached entries; FAISS lookup alone at 1M entries; GPTCache 0.1.44 on the
 same 10k entries in the same run.
 
-* The gRPC server is the real servicer, interceptors and protobuf conversion
+* The gRPC server runs in its own process (it reopens the populated cache from SQLite: the
+  restart path) with the real servicer, interceptors and protobuf conversion
   (``optiserve.rpc``) on 127.0.0.1, over a pipeline that consults the response cache first
   (:class:`CacheFirstPipeline`: the wiring the request pipeline does: lookup, hit → answer
   with 0 new tokens; only-if-cached miss → NOT_FOUND). No model is loaded: a miss is
@@ -28,6 +29,7 @@ import importlib
 import json
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -290,13 +292,30 @@ def gptcache_hits(
     return times, hits
 
 
+def serve(data_dir: Path, entries: int) -> None:
+    """Server process: reopen the cache from ``data_dir``, serve until stdin closes."""
+    started = time.perf_counter()
+    cache = ResponseCache.open(CacheConfig(max_entries=entries * 2), data_dir)
+    reopened = {"entries": cache.stats().entries, "open_s": round(time.perf_counter() - started, 2)}
+    server = Server(cache)
+    print(server.start(), flush=True)
+    print(json.dumps(reopened), flush=True)
+    sys.stdin.read()
+    server.stop()
+    cache.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print the JSON line."""
     parser = argparse.ArgumentParser(description="cache latency")
     parser.add_argument("--no-gptcache", action="store_true")
     parser.add_argument("--entries", type=int, default=N_ENTRIES)
     parser.add_argument("--skip-1m", action="store_true", help="development only")
+    parser.add_argument("--serve", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve:
+        serve(Path(args.serve), args.entries)
+        return
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     report: dict[str, Any] = {}
@@ -314,19 +333,28 @@ def main(argv: list[str] | None = None) -> None:
         misses = miss_queries(cache, set(stored), set(semantic))
         from optiserve.v1 import optiserve_pb2 as pb
 
-        server = Server(cache)
-        target = server.start()
-        try:
-            exact_t = time_grpc(target, exact, pb.CACHE_MODE_DEFAULT, "exact")
-            semantic_t = time_grpc(target, semantic, pb.CACHE_MODE_DEFAULT, "semantic")
-            miss_t = time_grpc(target, misses, pb.CACHE_MODE_ONLY_IF_CACHED, "NOT_FOUND")
-        finally:
-            server.stop()
         vectors = np.stack([cache.embedder.embed(q) for q in stored])
         model_path = str(cache.embedder.path)
         report["embedder_backend"] = cache.embedder.backend
         report["semantic_queries"] = len(semantic)
         cache.close()
+        # The server is its own process (clients are), reopening the cache from SQLite.
+        server = subprocess.Popen(
+            [sys.executable, __file__, "--serve", tmp, "--entries", str(args.entries)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert server.stdout is not None
+            target = server.stdout.readline().strip()
+            report["server_reopen"] = json.loads(server.stdout.readline())
+            exact_t = time_grpc(target, exact, pb.CACHE_MODE_DEFAULT, "exact")
+            semantic_t = time_grpc(target, semantic, pb.CACHE_MODE_DEFAULT, "semantic")
+            miss_t = time_grpc(target, misses, pb.CACHE_MODE_ONLY_IF_CACHED, "NOT_FOUND")
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
 
     index = {k: float("nan") for k in ("index_lookup_p50_ms_1m", "index_lookup_p99_ms_1m")}
     index["index_recall_at_1_1m"] = float("nan")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from cachehelpers import chat
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from optiserve.cache.keys import request_keys
 from optiserve.engine.types import ChatMessage, GenerateRequest, SamplingParams
@@ -57,3 +59,19 @@ def test_all_user_turns_mode() -> None:
         request_keys(req, "m", embed_text="all_user").query == "Sort a list in Python\nand in Go?"
     )
     assert request_keys(req, "m").query == "and in Go?"
+
+
+@given(
+    tenant_a=st.text(max_size=12),
+    tenant_b=st.text(max_size=12),
+    system=st.text(max_size=40),
+    question=st.text(max_size=40),
+)
+@settings(max_examples=200, deadline=None)
+def test_partition_differs_whenever_tenant_differs(
+    tenant_a: str, tenant_b: str, system: str, question: str
+) -> None:
+    a = request_keys(chat(question, tenant=tenant_a, system=system), "m")
+    b = request_keys(chat(question, tenant=tenant_b, system=system), "m")
+    assert (a.partition == b.partition) == (tenant_a == tenant_b)
+    assert (a.exact == b.exact) == (tenant_a == tenant_b)

@@ -53,8 +53,9 @@ class CacheConfig:
     embedder_quantize: str = "int8"
     #: torch threads the embedder uses (1 is fastest for single queries on a small CPU).
     embedder_threads: int = 1
-    #: Below this many vectors the index is exact (flat); above it HNSW.
-    flat_max_entries: int = 50_000
+    #: Up to this many vectors a partition's index is exact (flat); above it HNSW. Measured
+    #: on a 2-core CPU, one query: flat 10k vectors 1.2 ms, HNSW 10k 0.33 ms, HNSW 1M 0.9 ms.
+    flat_max_entries: int = 4096
     #: HNSW graph degree and search breadth.
     hnsw_m: int = 32
     hnsw_ef_search: int = 96

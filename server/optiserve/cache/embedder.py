@@ -206,7 +206,9 @@ class Embedder:
 
     def embed(self, text: str) -> FloatArray:
         """One text's vector, shape ``(dim,)``."""
-        vector: FloatArray = self.embed_many([text])[0]
+        ids = np.asarray([self._tokenizer.encode(text or "").ids], dtype=np.int64)
+        with self._lock:
+            vector: FloatArray = self._forward(ids, np.ones_like(ids))[0]
         return vector
 
     def embed_many(self, texts: list[str], batch_size: int = 64) -> FloatArray:
