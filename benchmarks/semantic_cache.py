@@ -233,6 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     guard_points = sweep(cands, dups, threshold, np.linspace(0.0, 0.99, 45), None)
     raw_points = sweep(cands, dups, None, None, np.linspace(0.70, 0.995, 60))
     raw_at_same = raw_precision_at_recall(raw_points, q.recall)
+    raw_threshold = max((t for t, _, r in raw_points if r >= q.recall), default=threshold)
+    raw_para = evaluate(para, *vecs["paraphrase"], None, raw_threshold)
     detail = {
         "qqp_eval_pairs": len(qqp_eval),
         "qqp_hits": q.hits,
@@ -251,6 +253,11 @@ def main(argv: list[str] | None = None) -> None:
                 "precision": round(raw_shared.precision, 4),
                 "recall": round(raw_shared.recall, 4),
             },
+        },
+        "raw_cosine_at_same_qqp_recall": {
+            "threshold": round(raw_threshold, 4),
+            "qqp_precision": round(raw_at_same, 4),
+            "paraphrase_recall": round(raw_para.recall, 4),
         },
         "guard_threshold": guard.threshold,
         "paraphrase_pairs": len(para),
