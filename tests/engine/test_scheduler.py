@@ -339,7 +339,7 @@ async def test_metrics_are_recorded(tiny_llama: TinyLM) -> None:
     )
 
 
-async def test_prefill_budget_spreads_a_burst_over_steps(tiny_llama: TinyLM) -> None:
+async def test_prefill_budget_splits_a_burst_into_chunks(tiny_llama: TinyLM) -> None:
     """A burst larger than max_prefill_tokens is prefilled in FIFO chunks, tokens exact."""
     widths: list[int] = []
 

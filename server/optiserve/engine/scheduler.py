@@ -7,9 +7,11 @@ runs this loop::
         drop cancelled and deadline-expired sequences (waiting and running)
         admit waiting requests in FIFO order while max_batch_size / max_batch_tokens /
           max_prefill_tokens allow (when idle, first wait up to max_wait_ms so a burst is
-          prefilled together; a burst larger than max_prefill_tokens spreads over steps)
+          prefilled together)
         prefill the admitted ones, deliver their first tokens at once, and concatenate
-          them into the running batch
+          them into the running batch; a burst into an idle batch is prefilled chunk
+          after chunk (no running row waits on it), otherwise one chunk per step so the
+          running rows keep decoding
         decode one token for every running sequence
         detokenize, match stop strings, deliver events, filter finished sequences
 
@@ -401,10 +403,14 @@ class Scheduler:
     def _step(self) -> None:
         now = time.monotonic()
         self._evict(now)
+        idle = self._batch is None
         admitted = self._admit(now)
-        if admitted:
+        while admitted:
             self._prefill(admitted)
             self._flush()  # first tokens go out now, not after the decode step
+            # A burst into an idle batch is prefilled chunk after chunk: no earlier row's
+            # decode waits on it. Once rows from before this step run, one chunk a step.
+            admitted = self._admit(time.monotonic()) if idle else []
         if self._batch is not None:
             self._decode()
         if self._metrics:
