@@ -3,10 +3,11 @@
 Vectors are L2-normalised, so inner product is cosine similarity. A partition's index is
 exact (``IndexFlatIP`` behind an ``IndexIDMap2``) until it holds ``flat_max_entries``
 vectors (default 4096: one flat query over 10k vectors took 1.2 ms here, HNSW 0.33 ms), then
-it is rebuilt as HNSW (``IndexHNSWFlat``; efSearch 96 gives recall@1 0.96 at 1M vectors). HNSW cannot delete, so removals
-there are tombstones filtered out of results and the graph is rebuilt when a quarter of it
-is dead. GPU FAISS is used for flat indexes when the installed faiss has GPU support and a
-GPU is present (same answers: exact search); the log says which.
+it is rebuilt as HNSW (``IndexHNSWFlat``; efSearch 96 gives recall@1 0.96 at 1M vectors).
+HNSW cannot delete, so removals there are tombstones filtered out of results and the graph
+is rebuilt when a quarter of it is dead. GPU FAISS is used for flat indexes when the
+installed faiss has GPU support and a GPU is present (same answers: exact search); the log
+says which.
 """
 
 from __future__ import annotations
