@@ -2,12 +2,11 @@
 lookups with 10k cached entries; FAISS lookup alone at 1M entries; GPTCache 0.1.44 on the
 same 10k entries in the same run.
 
-* The gRPC server runs in its own process (it reopens the populated cache from SQLite: the
-  restart path) with the real servicer, interceptors and protobuf conversion
-  (``optiserve.rpc``) on 127.0.0.1, over a pipeline that consults the response cache first
-  (:class:`CacheFirstPipeline`: the wiring the request pipeline does: lookup, hit → answer
-  with 0 new tokens; only-if-cached miss → NOT_FOUND). No model is loaded: a miss is
-  measured as an only-if-cached lookup, which does everything a miss does except generate.
+* The server is the real one (``OptiserveApp``: gRPC servicer, interceptors, pipeline with
+  the response cache, a tiny local model) in its own process on 127.0.0.1; it reopens the
+  populated cache from SQLite (the restart path). A miss is measured as an only-if-cached
+  request: everything a miss does (exact, embedding, search, guard) except generating;
+  the server answers NOT_FOUND.
 * Entries: 10,000 distinct questions from ``qqp_dev.jsonl``, stored through the facade
   (``ResponseCache.store_sync``: embedding, index, SQLite). Exact hits ask stored questions
   verbatim; semantic hits ask duplicate-pair paraphrases the cache serves; misses ask
@@ -24,7 +23,6 @@ Prints one JSON line last with the keys of issue 4.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import json
 import logging
@@ -32,9 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -43,60 +39,24 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import index_1m
-from optiserve.cache import CacheConfig, ResponseCache, require_hit
+from optiserve.cache import CacheConfig, ResponseCache
 from optiserve.cache.train_guard import load_pairs
 from optiserve.engine.types import (
     CacheMode,
     CachePolicy,
     ChatMessage,
-    DecisionTrace,
     FinishReason,
     GenerateRequest,
-    GenerateResult,
-    ResponseSummary,
-    StreamEnd,
-    StreamEvent,
-    TextDelta,
-    Usage,
+    SamplingParams,
 )
-from optiserve.errors import Unavailable
 
 ROOT = Path(__file__).resolve().parent
 DATA = ROOT.parent.parent / "shared" / "data" / "paraphrase"
 MODEL = "bench-model"
 N_ENTRIES = 10_000
 N_QUERIES = 300
-
-
-class CacheFirstPipeline:
-    """A pipeline that answers from the cache and never generates (benchmark stand-in)."""
-
-    def __init__(self, cache: ResponseCache) -> None:
-        self.cache = cache
-        self.draining = False
-
-    async def generate(self, request: GenerateRequest) -> GenerateResult:
-        """Cache hit → the cached answer; miss → CacheMiss (only-if-cached) or UNAVAILABLE."""
-        result = await self.cache.lookup(request, MODEL)
-        hit = require_hit(request, result)
-        if hit is None:
-            raise Unavailable("no backend in the cache benchmark")
-        summary = ResponseSummary(
-            finish_reason=hit.finish_reason,
-            usage=Usage(completion_tokens=0, cached_tokens=hit.completion_tokens),
-            model=hit.model,
-            provider="cache",
-            trace=DecisionTrace(cache=result.trace),
-            cost_usd=0.0,
-            cost_saved_usd=hit.cost_usd,
-        )
-        return GenerateResult(request.request_id, hit.text, summary)
-
-    async def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
-        """Replay of :meth:`generate` as one delta and the end."""
-        result = await self.generate(request)
-        yield TextDelta(result.text)
-        yield StreamEnd(result.summary)
+#: The bench model's default max_new_tokens (part of the cache partition).
+SERVER_MAX_NEW_TOKENS = 16
 
 
 def request(question: str, mode: CacheMode = CacheMode.DEFAULT) -> GenerateRequest:
@@ -105,46 +65,10 @@ def request(question: str, mode: CacheMode = CacheMode.DEFAULT) -> GenerateReque
         request_id="b",
         messages=(ChatMessage("user", question),),
         model=MODEL,
+        # What the pipeline stores and looks up after the model resolves the sampling.
+        sampling=SamplingParams(max_new_tokens=SERVER_MAX_NEW_TOKENS),
         cache=CachePolicy(mode=mode),
     )
-
-
-class Server:
-    """The real gRPC servicer over :class:`CacheFirstPipeline`, on its own loop thread."""
-
-    def __init__(self, cache: ResponseCache) -> None:
-        self.cache = cache
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.port = 0
-        self._server: Any = None
-
-    async def _start(self) -> int:
-        import grpc
-
-        from optiserve.rpc.interceptors import ErrorInterceptor, RequestIdInterceptor
-        from optiserve.rpc.servicer import OptiServeServicer
-        from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
-
-        server = grpc.aio.server(interceptors=[RequestIdInterceptor(), ErrorInterceptor()])
-        servicer = OptiServeServicer(CacheFirstPipeline(self.cache))  # type: ignore[arg-type]
-        pb_grpc.add_OptiServeServicer_to_server(servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        self._server = server
-        return int(port)
-
-    def start(self) -> str:
-        """Start serving; return the target."""
-        self.thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result()
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        """Stop the server and its loop."""
-        asyncio.run_coroutine_threadsafe(self._server.stop(0), self.loop).result()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
 
 
 def percentiles(times: list[float]) -> tuple[float, float]:
@@ -293,16 +217,38 @@ def gptcache_hits(
 
 
 def serve(data_dir: Path, entries: int) -> None:
-    """Server process: reopen the cache from ``data_dir``, serve until stdin closes."""
+    """Server process: the real optiserve server (``OptiserveApp``: servicer, pipeline with
+    the response cache, a tiny local model) reopening the populated cache from ``data_dir``.
+    Prints its target and a JSON line, serves until stdin closes."""
+    from optiserve.config import Config, LoggingConfig, ModelConfig, ServerConfig
+    from optiserve.rpc.server import ServerThread
+    from optiserve.tinymodels import TinySpec, build_tiny_model
+
+    model_dir = build_tiny_model(data_dir / "tiny-model", TinySpec(hidden_size=64, layers=2))
+    config = Config(
+        server=ServerConfig(port=0),
+        logging=LoggingConfig(level="WARNING", format="text"),
+        cache=CacheConfig(max_entries=entries * 2),
+        models=(
+            ModelConfig(
+                name=MODEL, source=str(model_dir), default_max_new_tokens=SERVER_MAX_NEW_TOKENS
+            ),
+        ),
+        data_dir=str(data_dir),
+    )
     started = time.perf_counter()
-    cache = ResponseCache.open(CacheConfig(max_entries=entries * 2), data_dir)
-    reopened = {"entries": cache.stats().entries, "open_s": round(time.perf_counter() - started, 2)}
-    server = Server(cache)
-    print(server.start(), flush=True)
+    server = ServerThread(config)
+    server.start()
+    cache = server.app.pipeline.cache
+    assert cache is not None
+    reopened = {
+        "entries": cache.stats().entries,
+        "start_s": round(time.perf_counter() - started, 2),
+    }
+    print(server.target, flush=True)
     print(json.dumps(reopened), flush=True)
     sys.stdin.read()
     server.stop()
-    cache.close()
 
 
 def main(argv: list[str] | None = None) -> None:
