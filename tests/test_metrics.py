@@ -19,11 +19,12 @@ def _free_port() -> int:
 
 def test_metrics_endpoint_counts_tokens(make_config: Callable[..., Config]) -> None:
     port = _free_port()
-    server = ServerThread(make_config(server={"metrics_port": port}))
+    server = ServerThread(make_config(server={"metrics_port": port}, cache={"enabled": True}))
     server.start()
     try:
         with Client(server.target, timeout=60) as client:
             result = client.generate("Count my tokens", max_new_tokens=7)
+            client.generate("Count my tokens", max_new_tokens=7)  # an exact hit
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             text = response.read().decode()
         assert response.headers["Content-Type"].startswith("text/plain")
@@ -40,5 +41,7 @@ def test_metrics_endpoint_counts_tokens(make_config: Callable[..., Config]) -> N
             "optiserve_scheduler_inter_token_latency_seconds_bucket",
         ):
             assert name in text
+        hits = [ln for ln in text.splitlines() if ln.startswith("optiserve_cache_lookups_total")]
+        assert any('layer="exact"' in ln and 'outcome="hit"' in ln for ln in hits), hits
     finally:
         server.stop()

@@ -266,6 +266,12 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"cache.semantic_threshold must be in [0, 1], got {c.semantic_threshold}")
     if c.embed_text not in ("last_user", "all_user"):
         raise ConfigError(f"cache.embed_text must be last_user or all_user, got {c.embed_text!r}")
+    if c.embedder_quantize not in ("int8", "none"):
+        raise ConfigError(
+            f"cache.embedder_quantize must be int8 or none, got {c.embedder_quantize!r}"
+        )
+    if c.guard_threshold is not None and not 0.0 <= c.guard_threshold <= 1.0:
+        raise ConfigError(f"cache.guard_threshold must be in [0, 1], got {c.guard_threshold}")
     if c.ttl_s < 0 or c.max_entries < 1 or c.max_bytes < 1:
         raise ConfigError("cache.ttl_s must be >= 0; cache.max_entries and max_bytes >= 1")
     if config.engine.torch_threads < 1:

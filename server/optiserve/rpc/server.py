@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from optiserve.backends.base import Backend
 from optiserve.backends.local_hf import LocalHFBackend
 from optiserve.cache import ResponseCache
+from optiserve.cache.metrics import register_cache_metrics
 from optiserve.config import Config
 from optiserve.engine.metrics import SchedulerMetrics, serve_metrics
 from optiserve.engine.pipeline import Pipeline
@@ -80,6 +81,7 @@ class OptiserveApp:
             self.pipeline.cache = await asyncio.to_thread(
                 ResponseCache.open, self.config.cache, self.config.resolved_data_dir()
             )
+            register_cache_metrics(self.pipeline.cache, self.registry)
         cfg = self.config.server
         server = grpc.aio.server(
             interceptors=[RequestIdInterceptor(), ErrorInterceptor()],
