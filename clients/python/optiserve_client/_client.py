@@ -90,6 +90,15 @@ def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+def _chunk(parts: list[str], msg: pb.GenerateChunk) -> Chunk:
+    """A client Chunk from a wire chunk; ``parts`` accumulates the text streamed so far."""
+    parts.append(msg.text_delta)
+    done = None
+    if msg.HasField("summary"):
+        done = Completion.from_proto(msg.request_id, "".join(parts), msg.summary)
+    return Chunk(msg.text_delta, done)
+
+
 class Client:
     """Blocking client. ``timeout`` (seconds) is the default deadline of every call."""
 
@@ -141,11 +150,7 @@ class Client:
         parts: list[str] = []
         try:
             for chunk in call:
-                parts.append(chunk.text_delta)
-                done = None
-                if chunk.HasField("summary"):
-                    done = Completion.from_proto(chunk.request_id, "".join(parts), chunk.summary)
-                yield Chunk(chunk.text_delta, done)
+                yield _chunk(parts, chunk)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         finally:
@@ -225,11 +230,7 @@ class AsyncClient:
         parts: list[str] = []
         try:
             async for chunk in call:
-                parts.append(chunk.text_delta)
-                done = None
-                if chunk.HasField("summary"):
-                    done = Completion.from_proto(chunk.request_id, "".join(parts), chunk.summary)
-                yield Chunk(chunk.text_delta, done)
+                yield _chunk(parts, chunk)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
         finally:
