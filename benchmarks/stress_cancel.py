@@ -65,17 +65,19 @@ async def storm(target: str, streams: int, cancel_share: float, seed: int) -> di
         prompt = " ".join(rng.choice(words) for _ in range(rng.randint(4, 40)))
         max_new = rng.randint(8, 32)
         cancel_after = rng.randint(0, max_new // 2) if rng.random() < cancel_share else -1
+        stream = client.stream(prompt, max_new_tokens=max_new, temperature=0.0, cache_mode="bypass")
         try:
-            chunks = 0
-            async for chunk in client.stream(
-                prompt, max_new_tokens=max_new, temperature=0.0, cache_mode="bypass"
-            ):
-                if chunk.completion is not None:
-                    counts["completed"] += 1
-                    return
-                chunks += 1
-                if chunks > cancel_after >= 0:
-                    break  # leaving the loop cancels the RPC
+            # aclosing: leaving the loop closes the stream at once, which cancels the RPC
+            # (not later from the garbage collector, possibly after the loop is gone).
+            async with contextlib.aclosing(stream):
+                chunks = 0
+                async for chunk in stream:
+                    if chunk.completion is not None:
+                        counts["completed"] += 1
+                        return
+                    chunks += 1
+                    if chunks > cancel_after >= 0:
+                        break
             counts["cancelled"] += 1
         except Exception as exc:
             counts["errors_other"] += 1
