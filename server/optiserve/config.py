@@ -73,6 +73,9 @@ class EngineConfig:
     max_batch_tokens: int = 8192
     #: When idle, how long a first request waits to be prefilled with others (0 = never).
     max_wait_ms: float = 5.0
+    #: Padded prompt tokens one prefill forward may take; a burst is prefilled in chunks so
+    #: first tokens go out sooner.
+    max_prefill_tokens: int = 512
 
 
 @dataclass(frozen=True)

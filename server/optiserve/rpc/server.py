@@ -49,6 +49,7 @@ def build_backends(config: Config, metrics: SchedulerMetrics) -> list[tuple[str,
         max_batch_size=e.max_batch_size,
         max_batch_tokens=e.max_batch_tokens,
         max_wait_ms=e.max_wait_ms,
+        max_prefill_tokens=e.max_prefill_tokens,
         max_queue=e.max_queue,
     )
     return [(m.name, LocalHFBackend(m, data_dir, scheduling, metrics)) for m in config.models]
