@@ -135,7 +135,7 @@ DEFAULT_MODELS = (
     ModelConfig(
         name="demo-llama",
         source=DEMO_SOURCE,
-        description="Demo: a tiny Llama-architecture model trained for a minute on local "
+        description="Demo: a tiny Llama-architecture model trained briefly on local "
         "text at first start. Fast, small, not smart; point the config at a real model.",
         default_max_new_tokens=48,
         max_new_tokens_cap=512,

@@ -206,7 +206,7 @@ def build_tiny_model(path: Path, spec: TinySpec = TinySpec(), train_steps: int =
     return path
 
 
-#: Steps of training for the demo model (about a minute on two CPU cores).
+#: Steps of training for the demo model (the whole first start took 186 s on 2 CPU cores).
 DEMO_TRAIN_STEPS = 300
 
 
