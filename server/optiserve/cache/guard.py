@@ -14,7 +14,15 @@ runs two checks on the cached question and the new one:
      agrees (a leading "No," answers, it does not negate);
    * entity: each side names a proper noun or acronym the other lacks (``France`` /
      ``Germany``; ``ML`` = ``machine learning``, ``JS`` = ``JavaScript`` are the same);
-   * direction: two words swap sides of to/into/than/from/over (``kilometers to miles``).
+   * direction: two words swap sides of to/into/than/from/over (``kilometers to miles``);
+   * antonym: one side has a word and the other its opposite, neither both (``shortest`` /
+     ``longest``, ``buy`` / ``sell``, ``biased`` / ``unbiased``; lists in
+     :mod:`.guard_lexicon`);
+   * calendar: both name months or weekdays and not the same ones (values, like numbers);
+   * name: each side names a country, people, language or programming language the other
+     lacks, whatever the case (``indian`` / ``pakistani``, ``python`` / ``java``);
+   * compared: both compare things (``X vs Y``, ``between X and Y``) and each compares a
+     term the other never mentions.
 
 2. A small logistic model over cheap features gives the probability that the cached answer
    answers the new question; the match is served when it reaches the calibrated threshold:
@@ -43,6 +51,14 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from optiserve.cache.guard_lexicon import (
+    ANTONYMS,
+    CALENDAR,
+    NAMES,
+    NEGATING_PREFIX_MIN_BASE,
+    NEGATING_PREFIXES,
+)
 
 WEIGHTS_FILE = Path(__file__).with_name("guard_weights.json")
 
@@ -107,6 +123,13 @@ class _Parsed:
     #: (x, y) for content words x before y with a direction word between them
     #: ("kilometers to miles", "Python better than Java").
     directed: frozenset[tuple[str, str]]
+    #: month and weekday names (canonical: ``sept`` = ``september``).
+    calendar: frozenset[str]
+    #: countries, peoples, languages and programming languages, whatever the case
+    #: (canonical: ``indian`` = ``india``).
+    names: frozenset[str]
+    #: stemmed content words on either side of "vs"/"versus" or in "between X and Y".
+    compared: frozenset[str]
 
 
 _NUMBER_WORDS = {
@@ -178,6 +201,109 @@ def parse(text: str) -> _Parsed:
         entities=frozenset(entities),
         wh=_wh_word(text.lower()),
         directed=_directed(words),
+        calendar=frozenset(CALENDAR[w] for w in words if w in CALENDAR),
+        names=_names(text, words),
+        compared=_compared(words),
+    )
+
+
+_RAW_NAMES = re.compile(r"(?<![\w+#-])(c\+\+|c#|f#|objective-c)(?![\w+#])", re.IGNORECASE)
+
+
+def _names(text: str, words: tuple[str, ...]) -> frozenset[str]:
+    """Places, peoples, languages and programming languages named in ``text``."""
+    out = {NAMES[w] for w in words if w in NAMES}
+    out.update(m.group(1).lower() for m in _RAW_NAMES.finditer(text))
+    return frozenset(out)
+
+
+_VERSUS = _words("vs vs. versus")
+
+
+def _compared(words: tuple[str, ...]) -> frozenset[str]:
+    """The terms a question compares: ``X vs Y``, ``X versus Y``, ``between X and Y``.
+
+    Each term is the run of content words next to the connector (``computer science vs
+    information technology`` gives all four words), stemmed.
+    """
+
+    def run(span: tuple[str, ...]) -> list[str]:
+        out: list[str] = []
+        for w in span:
+            if w in _STOPWORDS or w in _VERSUS or w == "between":
+                break
+            out.append(_stem(w))
+        return out
+
+    terms: list[str] = []
+    for i, w in enumerate(words):
+        if w in _VERSUS:
+            terms += run(words[:i][::-1]) + run(words[i + 1 :])
+        elif w == "between" and "and" in words[i + 1 :]:
+            j = words.index("and", i + 1)
+            terms += [_stem(x) for x in words[i + 1 : j] if x not in _STOPWORDS]
+            terms += run(words[j + 1 :])
+    return frozenset(terms)
+
+
+def antonym_mismatch(pa: _Parsed, pb: _Parsed) -> bool:
+    """One side uses a word and the other its opposite, neither using both.
+
+    ``shortest`` / ``longest``, ``buy`` / ``sell``, ``men`` / ``women`` from the curated
+    :data:`~optiserve.cache.guard_lexicon.ANTONYMS`, and a negating prefix on a word the
+    other side uses bare (``biased`` / ``unbiased``, ``legal`` / ``illegal``).
+    """
+    a, b = set(pa.words), set(pb.words)
+    for x, y in ANTONYMS:
+        ax, ay, bx, by = bool(a & x), bool(a & y), bool(b & x), bool(b & y)
+        if (ax and not ay and by and not bx) or (ay and not ax and bx and not by):
+            return True
+    return _prefixed_opposite(a, b) or _prefixed_opposite(b, a)
+
+
+def _prefixed_opposite(a: set[str], b: set[str]) -> bool:
+    """``a`` has ``un``+w (or in/dis/non...) where ``b`` has bare w and not the prefixed one."""
+    for word in a - b:
+        for prefix in NEGATING_PREFIXES:
+            base = word[len(prefix) :]
+            if (
+                word.startswith(prefix)
+                and len(base) >= NEGATING_PREFIX_MIN_BASE
+                and base in b
+                and base not in a
+            ):
+                return True
+    return False
+
+
+def calendar_mismatch(pa: _Parsed, pb: _Parsed) -> bool:
+    """Both sides name months or weekdays and not the same ones (values, like numbers)."""
+    return bool(pa.calendar and pb.calendar and pa.calendar != pb.calendar)
+
+
+def name_mismatch(pa: _Parsed, pb: _Parsed) -> bool:
+    """Each side names a country, people, language or programming language the other lacks.
+
+    Lower-case names escape the capitalised-entity check (``indian`` / ``pakistani``,
+    ``python`` / ``java``); a demonym and its country count as one (``Indian`` = ``India``).
+    """
+    return bool(pa.names - pb.names and pb.names - pa.names)
+
+
+def compared_mismatch(pa: _Parsed, pb: _Parsed) -> bool:
+    """Both compare things (``X vs Y``, ``between X and Y``) and each compares a term the
+    other question does not mention at all (``mean vs median`` / ``mode vs median``)."""
+    if not pa.compared or not pb.compared:
+        return False
+    return _unmentioned(pa.compared, pb.content) and _unmentioned(pb.compared, pa.content)
+
+
+def _unmentioned(terms: frozenset[str], content: frozenset[str]) -> bool:
+    """True when some term shares no 5-letter prefix (or whole word) with ``content``
+    (so ``decoration`` / ``decorating``, ``language`` / ``languages`` are one term)."""
+    return any(
+        not any(t[:5] == w[:5] if len(t) >= 5 and len(w) >= 5 else t == w for w in content)
+        for t in terms
     )
 
 
@@ -254,7 +380,18 @@ def _vetoes(pa: _Parsed, pb: _Parsed, missing_max: float) -> list[str]:
         out.append("entity")
     if any((y, x) in pb.directed for x, y in pa.directed):
         out.append("direction")
+    for name, check in _EXTRA_VETOES:
+        if check(pa, pb):
+            out.append(name)
     return out
+
+
+_EXTRA_VETOES = (
+    ("antonym", antonym_mismatch),
+    ("calendar", calendar_mismatch),
+    ("name", name_mismatch),
+    ("compared", compared_mismatch),
+)
 
 
 def analyse(a: str, b: str, cosine: float) -> tuple[npt.NDArray[np.float64], list[str]]:
