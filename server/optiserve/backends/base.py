@@ -50,10 +50,9 @@ class Backend(Protocol):
         """
         ...
 
-    def stream(
-        self, request: GenerateRequest, params: SamplingParams
-    ) -> AsyncIterator[BackendEvent]:
-        """Generate for ``request`` with resolved ``params``: text deltas, then a Completion.
+    def stream(self, request: GenerateRequest) -> AsyncIterator[BackendEvent]:
+        """Generate for ``request`` (sampling already resolved by :meth:`resolve_sampling`):
+        text deltas, then a Completion.
 
         Raises domain errors (InvalidRequest for a too-long prompt, QueueFull, ...). Closing
         the iterator early (client gone, deadline) stops the generation.

@@ -152,9 +152,7 @@ class LocalHFBackend:
             return list(tok(text, add_special_tokens=False)["input_ids"])
         return list(tok(request.prompt)["input_ids"])
 
-    async def stream(
-        self, request: GenerateRequest, params: SamplingParams
-    ) -> AsyncIterator[BackendEvent]:
+    async def stream(self, request: GenerateRequest) -> AsyncIterator[BackendEvent]:
         """Generate: text deltas as they are decoded, then one Completion.
 
         Tokens that arrived while the consumer was busy are coalesced into one delta (one
@@ -162,7 +160,7 @@ class LocalHFBackend:
         """
         if self.scheduler is None:
             raise Unavailable(f"model {self._config.name!r} is not loaded yet; retry shortly")
-        handle = self.scheduler.submit(self.encode(request), params, request.deadline)
+        handle = self.scheduler.submit(self.encode(request), request.sampling, request.deadline)
         try:
             while events := await handle.next_events():
                 text = "".join(e.text for e in events if isinstance(e, sched.TokenEvent))

@@ -61,8 +61,7 @@ class Pipeline:
         validate_request(request)
         validate_policy(request.cache)
         name, backend, route_reason = self.catalogue.resolve(request.model)
-        params = backend.resolve_sampling(request.sampling)
-        request = replace(request, sampling=params)
+        request = replace(request, sampling=backend.resolve_sampling(request.sampling))
         lookups: tuple[CacheLookup, ...] = ()
         if self.cache is not None:
             result = await self.cache.lookup(request, name)
@@ -74,7 +73,7 @@ class Pipeline:
                 return
         parts: list[str] = []
         try:
-            async for item in backend.stream(request, params):
+            async for item in backend.stream(request):
                 if isinstance(item, Completion):
                     summary = _summary(name, backend.info.provider, item, arrived, route_reason)
                     summary = replace(summary, trace=replace(summary.trace, cache=lookups))
