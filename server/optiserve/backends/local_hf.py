@@ -53,7 +53,6 @@ class LocalHFBackend:
         self._scheduler_config = scheduler_config
         self._metrics = metrics
         self._tokenizer: Any = None
-        self._context_length = config.context_length
         self.scheduler: sched.Scheduler | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -92,7 +91,6 @@ class LocalHFBackend:
         )
         if cfg.context_length:
             self.scheduler.context_length = cfg.context_length
-        self._context_length = self.scheduler.context_length or 0
         self.scheduler.start()
         log.info(
             "model loaded",
@@ -101,7 +99,7 @@ class LocalHFBackend:
                 "source": source,
                 "device": str(device),
                 "dtype": cfg.dtype,
-                "context_length": self._context_length,
+                "context_length": self.context_length,
                 "load_s": round(time.perf_counter() - started, 2),
             },
         )
@@ -112,6 +110,13 @@ class LocalHFBackend:
             self.scheduler.stop()
 
     @property
+    def context_length(self) -> int:
+        """Prompt plus completion tokens the model takes (0 until loaded)."""
+        if self.scheduler is not None and self.scheduler.context_length:
+            return self.scheduler.context_length
+        return self._config.context_length
+
+    @property
     def info(self) -> ModelInfo:
         """What ListModels shows."""
         cfg = self._config
@@ -120,7 +125,7 @@ class LocalHFBackend:
             kind=ModelKind.LOCAL,
             provider="local",
             source=cfg.source,
-            context_length=self._context_length,
+            context_length=self.context_length,
             demo=cfg.source == DEMO_SOURCE,
             description=cfg.description,
             quantization="none" if cfg.dtype == "float32" else cfg.dtype,
