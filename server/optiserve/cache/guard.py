@@ -64,6 +64,8 @@ WEIGHTS_FILE = Path(__file__).with_name("guard_weights.json")
 
 _TOKEN = re.compile(r"[A-Za-z0-9]+(?:[.'’][A-Za-z0-9]+)*")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+#: List enumerators ("1) download, 2) generate", "(a)"), which order items and count nothing.
+_ENUMERATOR = re.compile(r"(?:^|(?<=[\s:;,(]))\(?\d{1,2}\)(?=\s)")
 
 
 def _words(text: str) -> frozenset[str]:
@@ -77,7 +79,7 @@ def _ordered(text: str) -> tuple[str, ...]:
 _NEGATIONS = _words(
     "not no non never none nothing nobody nowhere neither nor without cannot cant dont doesnt "
     "didnt isnt arent wasnt werent wont wouldnt shouldnt couldnt hasnt havent hadnt mustnt neednt "
-    "aint "
+    "aint absence absent lack lacks lacking "
 )
 _NEGATED_AUX = _words("do does did is are was were wo ca could would should has have had must need")
 #: A negation flip vetoes a match only when the rest of the wording mostly agrees (an
@@ -189,7 +191,7 @@ def parse(text: str) -> _Parsed:
         proper = w[:1].isupper() and not w.isupper() and not _sentence_start(text, m.start())
         if acronym or proper:
             entities.add(_normalise_word(w))
-    numbers = {n.replace(",", "") for n in _NUMBER.findall(text)}
+    numbers = {n.replace(",", "") for n in _NUMBER.findall(_ENUMERATOR.sub(" ", text))}
     answer_no = bool(re.match(r"\s*no\s*[,.;!]", text, re.IGNORECASE))
     numbers.update(_NUMBER_WORDS[w] for w in words if w in _NUMBER_WORDS)
     return _Parsed(
