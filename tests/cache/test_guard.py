@@ -18,6 +18,9 @@ from optiserve.cache.guard import FEATURES, WEIGHTS_FILE, Guard, analyse, parse
         ("What is the capital of France?", "What is the capital of Germany?", "entity"),
         ("How old is Barack Obama?", "How old is Donald Trump?", "entity"),
         ("What are two ways to say hi?", "What are 3 ways to say hi?", "number"),
+        ("What is the second moment of Adam?", "What is the first moment of Adam?", "number"),
+        ("Why is the 3rd symphony famous?", "Why is the second symphony famous?", "number"),
+        ("Is X useful in the absence of Y?", "Is X useful in the presence of Y?", "negation"),
     ],
 )
 def test_vetoes(a: str, b: str, veto: str) -> None:
@@ -34,6 +37,8 @@ def test_vetoes(a: str, b: str, veto: str) -> None:
         ("No, X doesn't exist in v2.", "X does not exist in v2."),
         ("What are two ways to cook rice?", "What are 2 ways to cook rice?"),
         ("How do I lose weight?", "What is the best way to lose weight?"),
+        ("It works in two steps: 1) fetch, 2) build.", "It is a two-step process: fetch, build."),
+        ("What is the 2nd law of motion?", "What is the second law of motion?"),
     ],
 )
 def test_no_veto_on_rewording(a: str, b: str) -> None:

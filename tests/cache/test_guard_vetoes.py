@@ -52,6 +52,8 @@ def test_paraphrases_pass_every_new_veto(a: str, b: str) -> None:
         ("What are unbiased facts about smoking?", "What are biased facts about smoking?"),
         ("Is it legal to own a sword?", "Is it illegal to own a sword?"),
         ("How do I lose weight?", "How do I gain weight?"),
+        ("What is the best gift you have given?", "What is the best gift you have received?"),
+        ("What are anti-feminism critiques?", "What are pro feminism critiques?"),
     ],
 )
 def test_antonym_veto(a: str, b: str) -> None:

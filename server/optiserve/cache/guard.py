@@ -8,10 +8,12 @@ runs two checks on the cached question and the new one:
    pairs, so a model trained on it would not learn them; the opposite-question failure is
    exactly what a semantic cache must never serve):
 
-   * number: both name numbers and they differ (digits and number words: ``iPhone 6`` /
-     ``iPhone 7``, ``two`` = ``2``);
-   * negation: one side negates and the other does not while the rest of the wording
-     agrees (a leading "No," answers, it does not negate);
+   * number: both name numbers and they differ (digits, number words and ordinals:
+     ``iPhone 6`` / ``iPhone 7``, ``two`` = ``2``, ``second`` = ``2nd``; list enumerators
+     such as ``1)`` count nothing);
+   * negation: one side negates (``not``, ``never``, ``without``, ``absence``, ``lack``...)
+     and the other does not while the rest of the wording agrees (a leading "No," answers,
+     it does not negate);
    * entity: each side names a proper noun or acronym the other lacks (``France`` /
      ``Germany``; ``ML`` = ``machine learning``, ``JS`` = ``JavaScript`` are the same);
    * direction: two words swap sides of to/into/than/from/over (``kilometers to miles``);
@@ -144,6 +146,16 @@ _NUMBER_WORDS = {
     )
 }
 _NUMBER_WORDS.update({"thirty": "30", "forty": "40", "fifty": "50"})
+#: Ordinals are values too ("second moment" / "first moment"; "2nd" = "second").
+_NUMBER_WORDS.update(
+    {
+        w: str(i)
+        for i, w in enumerate(
+            _ordered("_ first second third fourth fifth sixth seventh eighth ninth tenth")
+        )
+        if i
+    }
+)
 _NUMBER_WORDS.pop("_")  # "one" is mostly a pronoun ("which one"), not a number
 _SENTENCE_END = frozenset(".!?:;\n\"'`(")
 

@@ -54,6 +54,14 @@ ANTONYMS: tuple[tuple[frozenset[str], frozenset[str]], ...] = tuple(
         ("enable enabling enabled", "disable disabling disabled"),
         ("north northern", "south southern"),
         ("east eastern", "west western"),
+        ("give gives giving gave given", "receive receives receiving received"),
+        ("send sends sending sent", "receive receives receiving received"),
+        ("teach teaches teaching taught", "learn learns learning learned learnt"),
+        ("pro", "anti"),
+        ("older oldest", "younger youngest"),
+        ("love loves loved", "hate hates hated"),
+        ("true", "false"),
+        ("open opens opening opened", "close closes closing closed"),
     )
 )
 
