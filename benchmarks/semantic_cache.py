@@ -50,6 +50,8 @@ OUT = ROOT / "out"
 DATA = ROOT.parent.parent / "shared" / "data" / "paraphrase"
 
 FloatArray = npt.NDArray[np.float32]
+#: Guard thresholds also measured (stderr) to show the precision/recall trade-off.
+OPERATING_POINTS = (0.80, 0.70, 0.67, 0.63)
 
 
 @dataclass
@@ -235,7 +237,18 @@ def main(argv: list[str] | None = None) -> None:
     raw_at_same = raw_precision_at_recall(raw_points, q.recall)
     raw_threshold = max((t for t, _, r in raw_points if r >= q.recall), default=threshold)
     raw_para = evaluate(para, *vecs["paraphrase"], None, raw_threshold)
+    operating_points = {}
+    for guard_threshold in OPERATING_POINTS:
+        alt = Guard.load(config.guard_weights, guard_threshold)
+        alt_q = evaluate(qqp_eval, *vecs["qqp-eval"], alt, threshold)
+        alt_p = evaluate(para, *vecs["paraphrase"], alt, threshold)
+        operating_points[str(guard_threshold)] = {
+            "qqp_precision": round(alt_q.precision, 4),
+            "qqp_recall": round(alt_q.recall, 4),
+            "paraphrase_recall": round(alt_p.recall, 4),
+        }
     detail = {
+        "guard_operating_points": operating_points,
         "qqp_eval_pairs": len(qqp_eval),
         "qqp_hits": q.hits,
         "qqp_correct": q.correct,
