@@ -31,3 +31,23 @@ def test_search_on_a_fresh_thread_uses_one_openmp_thread() -> None:
     thread.start()
     thread.join()
     assert seen == [(3, 1)]
+
+
+def test_huge_pages_keep_the_answers() -> None:
+    from pathlib import Path
+
+    from optiserve.cache.index import advise_huge_pages, new_hnsw
+
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((3000, 384)).astype(np.float32)  # 4.6 MB of vectors
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = new_hnsw(IndexParams(dim=384, hnsw_m=16, hnsw_ef_construction=40))
+    index.add_with_ids(vectors, np.arange(3000, dtype=np.int64))
+    before = index.search(vectors[:50], 3)
+    advised = advise_huge_pages(index)
+    after = index.search(vectors[:50], 3)
+    np.testing.assert_array_equal(before[1], after[1])
+    assert advised % (2 << 20) == 0
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if thp.exists() and "[never]" not in thp.read_text():
+        assert advised >= 2 << 20  # the vectors, at least

@@ -12,7 +12,9 @@ says which.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +89,60 @@ def new_hnsw(params: IndexParams) -> faiss.Index:
     return faiss.IndexIDMap2(hnsw)
 
 
+#: Transparent huge page size and the madvise advice numbers (Linux).
+_HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = 14
+_MADV_COLLAPSE = 25
+
+
+def _hnsw_buffers(index: faiss.Index) -> list[npt.NDArray[Any]]:
+    """Views of an HNSW index's vectors and graph (the memory a search walks at random)."""
+    inner = faiss.downcast_index(getattr(index, "index", index))
+    if not isinstance(inner, faiss.IndexHNSW):
+        return []
+    storage = faiss.downcast_index(inner.storage)
+    buffers: list[npt.NDArray[Any]] = []
+    for vector in (getattr(storage, "codes", None), getattr(inner.hnsw, "neighbors", None)):
+        if vector is not None and vector.size() > 0:
+            buffers.append(faiss.rev_swig_ptr(vector.data(), vector.size()))
+    return buffers
+
+
+def advise_huge_pages(index: faiss.Index) -> int:
+    """Back an HNSW index's vectors and graph with transparent huge pages; bytes advised.
+
+    A search touches a few hundred vectors scattered over the whole index: with 4 KiB pages
+    nearly each is a TLB miss. FAISS allocates with plain malloc, which the kernel's default
+    THP mode ("madvise") leaves on 4 KiB pages, so the buffers are advised (MADV_HUGEPAGE)
+    and collapsed at once (MADV_COLLAPSE, Linux 6.1+; about 3 s per GiB). Measured on the
+    1M-vector index (efSearch 96, one thread, 2-core CPU): p50 0.90 -> 0.68 ms, p99 1.65 ->
+    1.29 ms, same results. Anywhere else (no Linux, older kernel) this does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        madvise.restype = ctypes.c_int
+    except (OSError, AttributeError):
+        return 0
+    advised = 0
+    for buffer in _hnsw_buffers(index):
+        address = int(buffer.ctypes.data)
+        start = (address + _HUGE_PAGE - 1) & ~(_HUGE_PAGE - 1)
+        end = (address + buffer.nbytes) & ~(_HUGE_PAGE - 1)
+        if end - start < _HUGE_PAGE:
+            continue
+        if madvise(start, end - start, _MADV_HUGEPAGE) != 0:
+            logger.debug("madvise(MADV_HUGEPAGE) failed: errno %d", ctypes.get_errno())
+            continue
+        if madvise(start, end - start, _MADV_COLLAPSE) != 0:  # else khugepaged, later
+            logger.debug("madvise(MADV_COLLAPSE) failed: errno %d", ctypes.get_errno())
+        advised += end - start
+    return advised
+
+
 def set_ef_search(index: faiss.Index, ef_search: int) -> None:
     """Set the search breadth of an HNSW index wrapped in an id map."""
     inner = faiss.downcast_index(index.index)  # type: ignore[attr-defined]
@@ -103,6 +159,8 @@ class PartitionIndex:
         self._vectors: dict[int, FloatArray] = {}
         self._dead: set[int] = set()
         self._hnsw = False
+        #: Vectors the HNSW graph held when its memory was last put on huge pages.
+        self._advised = 0
         self._gpu = bool(params.use_gpu and configure_faiss())
         self._index = self._new_flat()
 
@@ -141,6 +199,10 @@ class PartitionIndex:
                 self._rebuild_locked(hnsw=True)
             else:
                 self._index.add_with_ids(vectors, ids)
+                if self._hnsw and len(self._vectors) >= 2 * self._advised:
+                    # The graph's buffers were reallocated as it grew: advise them again
+                    # (at each doubling, so the cost per added vector stays constant).
+                    self._advise_locked()
 
     def remove(self, ids: list[int]) -> None:
         """Remove ids (unknown ids are ignored)."""
@@ -170,6 +232,12 @@ class PartitionIndex:
         if hnsw and not self._hnsw:
             logger.info("semantic cache partition grew past %d: now HNSW", len(self._vectors))
         self._hnsw = hnsw
+        if hnsw:
+            self._advise_locked()
+
+    def _advise_locked(self) -> None:
+        self._advised = max(1, len(self._vectors))
+        advise_huge_pages(self._index)
 
     def search(self, vector: FloatArray, k: int = 1) -> list[tuple[int, float]]:
         """Up to ``k`` (id, cosine) pairs, best first."""
