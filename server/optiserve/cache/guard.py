@@ -45,6 +45,7 @@ fixed, numpy only) and reported on the other half by ``benchmarks/semantic_cache
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -192,8 +193,12 @@ def _sentence_start(text: str, at: int) -> bool:
     return not before or before[-1] in _SENTENCE_END
 
 
+@functools.lru_cache(maxsize=8192)
 def parse(text: str) -> _Parsed:
-    """The features of one question that do not depend on the other one."""
+    """The features of one question that do not depend on the other one.
+
+    Memoised: a cached question is parsed once, not on every match it is checked against.
+    """
     matches = list(_TOKEN.finditer(text))
     words = tuple(_normalise_word(m.group()) for m in matches)
     entities: set[str] = set()
