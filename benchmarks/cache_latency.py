@@ -201,6 +201,10 @@ def gptcache_setup(
         data_dir=folder,
         vector_params={"dimension": 384},
         max_size=len(stored) + 10,
+        # With "sqlite,faiss" GPTCache 0.1.44 ignores max_size: its LRU bound is
+        # eviction_params["max_size"] (default 1,000), which would silently evict 9 of every
+        # 10 imported entries and leave it a 1k-entry cache.
+        eviction_params={"max_size": len(stored) + 10},
     )
     cache = gptcache.Cache()
     cache.init(
@@ -217,6 +221,9 @@ def gptcache_setup(
         embedding_datas=[v.astype(np.float32) for v in vectors],
         session_ids=[None] * len(stored),
     )
+    held = manager.s.count()
+    if held != len(stored):
+        raise RuntimeError(f"GPTCache holds {held} of the {len(stored)} imported entries")
     return lambda question: get(question, cache_obj=cache)
 
 
