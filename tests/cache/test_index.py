@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import faiss
 import numpy as np
 
-from optiserve.cache.index import IndexParams, PartitionIndex, configure_faiss
+from optiserve.cache.index import (
+    IndexParams,
+    PartitionIndex,
+    advise_huge_pages,
+    configure_faiss,
+    new_hnsw,
+)
 
 
 def test_search_on_a_fresh_thread_uses_one_openmp_thread() -> None:
@@ -34,10 +41,6 @@ def test_search_on_a_fresh_thread_uses_one_openmp_thread() -> None:
 
 
 def test_huge_pages_keep_the_answers() -> None:
-    from pathlib import Path
-
-    from optiserve.cache.index import advise_huge_pages, new_hnsw
-
     rng = np.random.default_rng(1)
     vectors = rng.standard_normal((3000, 384)).astype(np.float32)  # 4.6 MB of vectors
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -152,9 +152,8 @@ _NUMBER_WORDS.update(
     {
         w: str(i)
         for i, w in enumerate(
-            _ordered("_ first second third fourth fifth sixth seventh eighth ninth tenth")
+            _ordered("first second third fourth fifth sixth seventh eighth ninth tenth"), start=1
         )
-        if i
     }
 )
 _NUMBER_WORDS.pop("_")  # "one" is mostly a pronoun ("which one"), not a number
