@@ -3,7 +3,7 @@
 Workload (fixed seed): 64 requests, prompts of 16-256 tokens, max_new_tokens of 16-128, a
 tiny Llama (random weights), greedy decoding. Measured in one run:
 
-* the gRPC server (in process, ``optiserve.rpc.server.ServerThread``) driven by the async
+* the gRPC server (in process, ``optiserve.app.ServerThread``) driven by the async
   client over StreamGenerate at concurrency 1, 8 and 32;
 * sequential one-at-a-time ``model.generate``;
 * ``model.generate`` on static left-padded batches of 32;
@@ -12,8 +12,8 @@ tiny Llama (random weights), greedy decoding. Measured in one run:
 
 Throughput counts useful tokens only: each request's own generated tokens (up to its
 max_new_tokens or end-of-sequence). TTFT is the server-measured time to first token.
-The server batches through the local backend's ``optiserve.engine.scheduler.Scheduler``
-with the default ``SchedulerConfig`` (slot KV cache, chunked prefill). The JSON also names
+The server batches through the local backend's ``optiserve.models.local.scheduler.Scheduler``
+with the default ``EngineConfig`` (slot KV cache, chunked prefill). The JSON also names
 the model, the scheduler settings and the host's 1-minute load average before and after
 (the figures are only comparable on an otherwise idle machine). Prints one JSON line last.
 
@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from optiserve.tinymodels import TinySpec, build_tiny_model
+from optiserve.tools.tinymodels import TinySpec, build_tiny_model
 
 OUT = Path(__file__).resolve().parent / "out"
 SPEC = TinySpec(arch="llama", hidden_size=128, layers=2, heads=4, context_length=512)
@@ -231,9 +231,8 @@ def main() -> None:
         f"max_new total {sum(j.max_new for j in jobs)}, threads {args.threads}"
     )
 
+    from optiserve.app import ServerThread
     from optiserve.config import Config, EngineConfig, LoggingConfig, ModelConfig, ServerConfig
-    from optiserve.engine.scheduler_config import SchedulerConfig
-    from optiserve.rpc.server import ServerThread
 
     config = Config(
         server=ServerConfig(port=0, grace_period_s=5.0),
@@ -242,12 +241,7 @@ def main() -> None:
         models=(ModelConfig(name="bench", source=str(path), device="cpu", max_new_tokens_cap=512),),
     )
     server = ServerThread(config)
-    sched = SchedulerConfig(
-        max_batch_size=config.engine.max_batch_size,
-        max_batch_tokens=config.engine.max_batch_tokens,
-        max_wait_ms=config.engine.max_wait_ms,
-        max_queue=config.engine.max_queue,
-    )  # what the server builds from the engine config (the rest are defaults)
+    sched = config.engine  # the same settings the server's schedulers run with
     server.start()
     runs: dict[str, list[tuple[int, float, list[float]]]] = {f"c{c}": [] for c in LEVELS}
     seq_rates: list[float] = []

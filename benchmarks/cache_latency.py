@@ -53,8 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import index_1m
 from optiserve.cache import CacheConfig, ResponseCache
-from optiserve.cache.train_guard import load_pairs
-from optiserve.engine.types import (
+from optiserve.domain.types import (
     CacheMode,
     CachePolicy,
     ChatMessage,
@@ -62,6 +61,7 @@ from optiserve.engine.types import (
     GenerateRequest,
     SamplingParams,
 )
+from optiserve.tools.train_guard import load_pairs
 
 ROOT = Path(__file__).resolve().parent
 DATA = ROOT.parent.parent / "shared" / "data" / "paraphrase"
@@ -262,9 +262,9 @@ def serve(data_dir: Path, entries: int) -> None:
     """Server process: the real optiserve server (``OptiserveApp``: servicer, pipeline with
     the response cache, a tiny local model) reopening the populated cache from ``data_dir``.
     Prints its target and a JSON line, serves until stdin closes."""
+    from optiserve.app import ServerThread
     from optiserve.config import Config, LoggingConfig, ModelConfig, ServerConfig
-    from optiserve.rpc.server import ServerThread
-    from optiserve.tinymodels import TinySpec, build_tiny_model
+    from optiserve.tools.tinymodels import TinySpec, build_tiny_model
 
     model_dir = build_tiny_model(data_dir / "tiny-model", TinySpec(hidden_size=64, layers=2))
     config = Config(
@@ -281,7 +281,7 @@ def serve(data_dir: Path, entries: int) -> None:
     started = time.perf_counter()
     server = ServerThread(config)
     server.start()
-    cache = server.app.pipeline.cache
+    cache = server.app.cache
     assert cache is not None
     reopened = {
         "entries": cache.stats().entries,

@@ -40,9 +40,9 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from optiserve.app import ServerThread
     from optiserve.config import load_config
-    from optiserve.rpc.server import ServerThread
-    from optiserve.tinymodels import ensure_demo_model
+    from optiserve.tools.tinymodels import ensure_demo_model
     from optiserve_client import Client
 
     data_dir = Path(args.data_dir)

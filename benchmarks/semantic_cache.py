@@ -11,7 +11,7 @@ a hit counts as false) and is printed on stderr. A hit is correct when the pair 
 duplicate and the entry served is that pair's ``a`` (or a textually identical question).
 
 * qqp: the evaluation half of ``qqp_dev.jsonl`` (the guard was trained on the other half,
-  same split as ``optiserve.cache.train_guard``);
+  same split as ``optiserve.tools.train_guard``);
 * paraphrase: ``chatgpt_paraphrases.jsonl`` (all duplicates: recall).
 
 Metrics: precision = correct hits / hits; recall = correct hits / duplicate pairs;
@@ -42,8 +42,8 @@ from optiserve.cache.exact import EntryTable
 from optiserve.cache.guard import Guard
 from optiserve.cache.index import IndexParams, VectorIndex
 from optiserve.cache.semantic import CANDIDATES, match
-from optiserve.cache.train_guard import load_pairs, split_halves
-from optiserve.engine.types import FinishReason
+from optiserve.domain.types import FinishReason
+from optiserve.tools.train_guard import load_pairs, split_halves
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "out"

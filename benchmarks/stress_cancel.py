@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from batching import OUT, SPEC
-from optiserve.tinymodels import build_tiny_model
+from optiserve.tools.tinymodels import build_tiny_model
 
 
 def rss_bytes() -> int:
@@ -101,8 +101,8 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     path = build_tiny_model(OUT / "models" / "bench-llama", SPEC)
 
+    from optiserve.app import ServerThread
     from optiserve.config import Config, EngineConfig, LoggingConfig, ModelConfig, ServerConfig
-    from optiserve.rpc.server import ServerThread
 
     config = Config(
         server=ServerConfig(port=0, grace_period_s=5.0, max_concurrent_rpcs=2 * args.streams),

@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from optiserve.app import ServerThread
 from optiserve.config import (
     CacheConfig,
     Config,
@@ -22,8 +23,7 @@ from optiserve.config import (
     ModelConfig,
     ServerConfig,
 )
-from optiserve.rpc.server import ServerThread
-from optiserve.tinymodels import TinySpec, build_tiny_model
+from optiserve.tools.tinymodels import TinySpec, build_tiny_model
 from optiserve_client import Client
 
 TINY_CONTEXT = 512

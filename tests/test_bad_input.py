@@ -8,8 +8,8 @@ from collections.abc import Callable
 import grpc
 import pytest
 
+from optiserve.app import ServerThread
 from optiserve.config import Config
-from optiserve.rpc.server import ServerThread
 from optiserve.v1 import optiserve_pb2 as pb
 from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
 from optiserve_client import Client

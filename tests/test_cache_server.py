@@ -9,8 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from optiserve.app import ServerThread
 from optiserve.config import Config
-from optiserve.rpc.server import ServerThread
 from optiserve.v1 import optiserve_pb2 as pb
 from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
 from optiserve_client import Client, InvalidArgument, NotFound
@@ -39,8 +39,15 @@ def cc(cache_server: ServerThread) -> Iterator[Client]:
         yield c
 
 
-def test_exact_hit_counts_no_new_tokens(cc: Client) -> None:
+@pytest.fixture
+def settle(cache_server: ServerThread) -> Callable[[], None]:
+    """Wait for the cache writes in flight: they run after the answer has gone out."""
+    return cache_server.wait_for_cache_writes
+
+
+def test_exact_hit_counts_no_new_tokens(cc: Client, settle: Callable[[], None]) -> None:
     first = cc.generate("Explain exact hits please", max_new_tokens=12)
+    settle()
     assert first.provider == "local"
     assert [c["outcome"] for c in first.cache][:1] == ["miss"]
     second = cc.generate("Explain exact hits please", max_new_tokens=12)
@@ -56,8 +63,9 @@ def test_exact_hit_counts_no_new_tokens(cc: Client) -> None:
     assert different.provider == "local", "max_new_tokens is part of the key"
 
 
-def test_semantic_hit_and_guard(cc: Client) -> None:
+def test_semantic_hit_and_guard(cc: Client, settle: Callable[[], None]) -> None:
     original = cc.generate(QUESTION, max_new_tokens=10)
+    settle()
     assert original.provider == "local"
     hit = cc.generate(PARAPHRASE, max_new_tokens=10)
     assert hit.provider == "cache", hit.cache
@@ -69,9 +77,10 @@ def test_semantic_hit_and_guard(cc: Client) -> None:
     assert other.provider == "local", "a question with another meaning must not hit"
 
 
-def test_stream_replays_cached_answer_in_chunks(cc: Client) -> None:
+def test_stream_replays_cached_answer_in_chunks(cc: Client, settle: Callable[[], None]) -> None:
     prompt = "Replay me as a stream"
     generated = list(cc.stream(prompt, max_new_tokens=12))
+    settle()
     assert generated[-1].completion is not None
     assert generated[-1].completion.provider == "local"
     replayed = list(cc.stream(prompt, max_new_tokens=12))
@@ -92,6 +101,7 @@ def test_no_hit_across_tenants_or_system_prompts(cache_server: ServerThread) -> 
         Client(cache_server.target, api_key="tenant-b", timeout=60) as b,
     ):
         assert a.generate("Shared question here", max_new_tokens=8).provider == "local"
+        cache_server.wait_for_cache_writes()
         assert a.generate("Shared question here", max_new_tokens=8).provider == "cache"
         assert b.generate("Shared question here", max_new_tokens=8).provider == "local"
         for system in ("You are a pirate.", "You are a lawyer."):
@@ -101,15 +111,17 @@ def test_no_hit_across_tenants_or_system_prompts(cache_server: ServerThread) -> 
             assert r.provider == "local", f"system prompt {system!r} hit another's entry"
 
 
-def test_cache_modes(cc: Client) -> None:
+def test_cache_modes(cc: Client, settle: Callable[[], None]) -> None:
     prompt = "Modes are per request"
     with pytest.raises(NotFound) as info:
         cc.generate(prompt, max_new_tokens=8, cache_mode="only_if_cached")
     assert "only-if-cached" in info.value.message
     assert cc.generate(prompt, max_new_tokens=8, cache_mode="bypass").provider == "local"
+    settle()
     with pytest.raises(NotFound):
         cc.generate(prompt, max_new_tokens=8, cache_mode="only_if_cached")
     assert cc.generate(prompt, max_new_tokens=8, cache_mode="refresh").provider == "local"
+    settle()
     assert cc.generate(prompt, max_new_tokens=8, cache_mode="only_if_cached").provider == "cache"
     assert cc.generate(prompt, max_new_tokens=8, cache_mode="bypass").provider == "local"
     sampled = cc.generate(prompt, max_new_tokens=8, temperature=0.7, seed=1)
@@ -140,12 +152,14 @@ def test_cancelled_stream_is_never_cached(cache_server: ServerThread, cc: Client
         call = pb_grpc.OptiServeStub(channel).StreamGenerate(request, timeout=60)
         next(call)
         call.cancel()
+    cache_server.wait_for_cache_writes()
     with pytest.raises(NotFound):
         cc.generate("A stream cancelled midway", max_new_tokens=400, cache_mode="only_if_cached")
 
 
-def test_usage_reports_cache_statistics(cc: Client) -> None:
+def test_usage_reports_cache_statistics(cc: Client, settle: Callable[[], None]) -> None:
     cc.generate("Statistics question", max_new_tokens=6)
+    settle()
     cc.generate("Statistics question", max_new_tokens=6)
     usage = cc.usage()
     assert usage.cache.enabled

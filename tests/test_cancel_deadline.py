@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from optiserve.backends.local_hf import LocalHFBackend
+from optiserve.app import ServerThread
 from optiserve.config import Config
-from optiserve.rpc.server import ServerThread
+from optiserve.models.local.backend import LocalHFBackend
 from optiserve.v1 import optiserve_pb2 as pb
 from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
 from optiserve_client import Client, ResourceExhausted

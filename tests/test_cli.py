@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from optiserve.app import ServerThread
 from optiserve.cli import main
-from optiserve.rpc.server import ServerThread
 
 
 def test_cli_commands(server: ServerThread, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from optiserve.rpc.server import ServerThread
+from optiserve.app import ServerThread
 from optiserve.v1 import optiserve_pb2 as pb
 from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
 from optiserve_client import Client

@@ -1,8 +1,8 @@
-"""House rules that keep the package's layers honest."""
+"""House rules that keep the package honest (the layer order itself is import-linter's job:
+``lint-imports`` runs in ``make test`` with the contracts in pyproject.toml)."""
 
 from __future__ import annotations
 
-import ast
 import filecmp
 import subprocess
 import sys
@@ -12,27 +12,6 @@ import optiserve
 
 PACKAGE = Path(optiserve.__file__).parent
 ROOT = PACKAGE.parent.parent
-
-
-def _imports(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-    return names
-
-
-def test_nothing_below_rpc_imports_grpc() -> None:
-    offenders = []
-    for layer in ("engine", "cache", "backends", "routing", "quantize", "bench"):
-        for path in (PACKAGE / layer).rglob("*.py"):
-            bad = {n for n in _imports(path) if n == "grpc" or n.startswith(("grpc.", "grpc_"))}
-            bad |= {n for n in _imports(path) if n.startswith(("optiserve.v1", "optiserve.rpc"))}
-            if bad:
-                offenders.append(f"{path.relative_to(PACKAGE)}: {sorted(bad)}")
-    assert not offenders, offenders
 
 
 def test_generated_code_is_fresh(tmp_path: Path) -> None:
@@ -65,7 +44,32 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
 def test_config_is_not_read_at_import() -> None:
     code = (
         "import os; os.environ['OPTISERVE_SERVER__PORT'] = 'not-a-number'; "
-        "import optiserve.config, optiserve.rpc.server, optiserve.engine.pipeline; print('ok')"
+        "import optiserve.config, optiserve.app, optiserve.service; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ok"
+
+
+def test_an_upward_import_breaks_the_contracts(tmp_path: Path) -> None:
+    """The contracts can fail: a copy of the package where the domain imports the service
+    is refused by lint-imports."""
+    import shutil
+
+    copy = tmp_path / "src"
+    shutil.copytree(PACKAGE, copy / "optiserve", ignore=shutil.ignore_patterns("*.so", "v1"))
+    (copy / "optiserve" / "v1").mkdir()
+    (copy / "optiserve" / "v1" / "__init__.py").write_text("")
+    bad = copy / "optiserve" / "domain" / "types.py"
+    bad.write_text(bad.read_text() + "\nimport optiserve.service  # upward\n")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    lint = Path(sys.executable).parent / "lint-imports"
+    env = {"PYTHONPATH": str(copy), "PATH": str(Path(sys.executable).parent)}
+    out = subprocess.run(
+        [str(lint), "--config", str(tmp_path / "pyproject.toml")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert out.returncode != 0, out.stdout
+    assert "optiserve.domain.types -> optiserve.service" in out.stdout

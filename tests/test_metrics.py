@@ -6,8 +6,8 @@ import socket
 import urllib.request
 from collections.abc import Callable
 
+from optiserve.app import ServerThread
 from optiserve.config import Config
-from optiserve.rpc.server import ServerThread
 from optiserve_client import Client
 
 
@@ -24,6 +24,7 @@ def test_metrics_endpoint_counts_tokens(make_config: Callable[..., Config]) -> N
     try:
         with Client(server.target, timeout=60) as client:
             result = client.generate("Count my tokens", max_new_tokens=7)
+            server.wait_for_cache_writes()
             client.generate("Count my tokens", max_new_tokens=7)  # an exact hit
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             text = response.read().decode()

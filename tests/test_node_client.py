@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from optiserve.rpc.server import ServerThread
+from optiserve.app import ServerThread
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "clients" / "node"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from optiserve.engine.text import IncrementalDetokenizer, StopMatcher
+from optiserve.models.local.text import IncrementalDetokenizer, StopMatcher
 from optiserve_client import AsyncClient, Client
 
 PROMPT = "Create a new socket using the given address family"

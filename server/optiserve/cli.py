@@ -65,7 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"optiserve: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.logging)
-    from optiserve.rpc.server import OptiserveApp
+    from optiserve.app import OptiserveApp
 
     asyncio.run(OptiserveApp(config).serve_until_signal())
     return 0

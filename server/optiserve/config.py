@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from optiserve.cache.config import CacheConfig
+from optiserve.models.config import DEMO_SOURCE, ModelConfig
+from optiserve.models.local.config import EngineConfig
 
 ENV_PREFIX = "OPTISERVE_"
-DEMO_SOURCE = "demo"
 
 
 class ConfigError(ValueError):
@@ -56,49 +57,6 @@ class LoggingConfig:
     level: str = "INFO"
     #: "json" (one object per line) or "text".
     format: str = "json"
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Model execution on this host."""
-
-    #: torch intra-op threads. 1 is fastest on a small, busy CPU (measured); raise it on
-    #: machines with idle cores.
-    torch_threads: int = 1
-    #: Requests that may wait for a model before RESOURCE_EXHAUSTED.
-    max_queue: int = 256
-    #: Continuous batching: sequences decoding together at most, per model.
-    max_batch_size: int = 32
-    #: Token budget of a running batch (sum of prompt + max_new_tokens over its sequences).
-    max_batch_tokens: int = 8192
-    #: When idle, how long a first request waits to be prefilled with others (0 = never).
-    max_wait_ms: float = 5.0
-    #: Padded prompt tokens one prefill forward may take; a burst is prefilled in chunks so
-    #: first tokens go out sooner.
-    max_prefill_tokens: int = 512
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """One servable model."""
-
-    name: str
-    #: Hugging Face hub id, local directory, or "demo" for the built-in demo model.
-    source: str
-    #: "local" (Hugging Face on this host).
-    provider: str = "local"
-    #: "float32", "bfloat16" or "float16".
-    dtype: str = "float32"
-    #: "auto" (cuda when present), "cpu" or "cuda[:n]".
-    device: str = "auto"
-    #: max_new_tokens when the request leaves it unset.
-    default_max_new_tokens: int = 64
-    #: Largest max_new_tokens a request may ask for.
-    max_new_tokens_cap: int = 1024
-    #: Context length override (0 = read from the model config).
-    context_length: int = 0
-    description: str = ""
-    trust_remote_code: bool = False
 
 
 @dataclass(frozen=True)

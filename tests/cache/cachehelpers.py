@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from optiserve.engine.types import (
+from optiserve.domain.types import (
     CacheMode,
     CachePolicy,
     ChatMessage,

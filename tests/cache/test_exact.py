@@ -6,7 +6,7 @@ import pytest
 
 from optiserve.cache.entry import CacheEntry
 from optiserve.cache.exact import EntryTable
-from optiserve.engine.types import FinishReason
+from optiserve.domain.types import FinishReason
 
 
 def entry(i: int, text: str = "answer", expires_at: float = 0.0) -> CacheEntry:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from optiserve.cache.keys import request_keys
-from optiserve.engine.types import ChatMessage, GenerateRequest, SamplingParams
+from optiserve.domain.types import ChatMessage, GenerateRequest, SamplingParams
 
 
 def test_same_request_same_keys() -> None:

@@ -18,7 +18,7 @@ import pytest
 from cachehelpers import chat
 
 from optiserve.cache import CacheConfig, ResponseCache
-from optiserve.engine.types import CacheLayer, FinishReason
+from optiserve.domain.types import CacheLayer, FinishReason
 
 Factory = Callable[..., ResponseCache]
 
@@ -75,7 +75,7 @@ _WRITER = textwrap.dedent(
     import sys
     from pathlib import Path
     from optiserve.cache import CacheConfig, ResponseCache
-    from optiserve.engine.types import ChatMessage, FinishReason, GenerateRequest
+    from optiserve.domain.types import ChatMessage, FinishReason, GenerateRequest
 
     cache = ResponseCache.open(CacheConfig(semantic_enabled=False), Path(sys.argv[1]))
     i = 0
@@ -120,7 +120,7 @@ def test_kill_9_under_write_load_loses_at_most_one(tmp_path: Path, make_cache: F
     assert cache.stats().entries == rows[0]
     for i in (0, last // 2, last):
         req = chat(f"question {i}")
-        from optiserve.engine.types import ChatMessage, GenerateRequest
+        from optiserve.domain.types import ChatMessage, GenerateRequest
 
         req = GenerateRequest(request_id="r", messages=(ChatMessage("user", f"question {i}"),))
         hit = cache.lookup_sync(req, "m")

@@ -9,8 +9,8 @@ import pytest
 from cachehelpers import chat
 
 from optiserve.cache import ResponseCache, replay_chunks, require_hit, validate_policy
-from optiserve.engine.types import CacheLayer, CacheMode, CacheOutcome, CachePolicy, FinishReason
-from optiserve.errors import CacheMiss, InvalidRequest
+from optiserve.domain.errors import CacheMiss, InvalidRequest
+from optiserve.domain.types import CacheLayer, CacheMode, CacheOutcome, CachePolicy, FinishReason
 
 Factory = Callable[..., ResponseCache]
 

@@ -10,7 +10,7 @@ import pytest
 from cachehelpers import chat, free_port
 
 from optiserve.cache import ResponseCache
-from optiserve.engine.types import CacheLayer, FinishReason
+from optiserve.domain.types import CacheLayer, FinishReason
 
 Factory = Callable[..., ResponseCache]
 

@@ -12,7 +12,7 @@ from cachehelpers import chat
 from optiserve.cache import ResponseCache
 from optiserve.cache.embedder import Embedder
 from optiserve.cache.index import IndexParams, PartitionIndex
-from optiserve.engine.types import CacheLayer, CacheOutcome, FinishReason
+from optiserve.domain.types import CacheLayer, CacheOutcome, FinishReason
 
 Factory = Callable[..., ResponseCache]
 

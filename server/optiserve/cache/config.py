@@ -9,8 +9,8 @@ from dataclasses import dataclass
 class CacheConfig:
     """Settings of the exact and semantic response cache.
 
-    The lead's ``Config`` is expected to carry one of these (section ``[cache]``); every field
-    is a scalar so the environment override ``OPTISERVE_CACHE__<FIELD>`` works.
+    Section ``[cache]`` of the configuration; every field is a scalar so the environment
+    override ``OPTISERVE_CACHE__<FIELD>`` works.
     """
 
     #: Master switch: False makes every lookup a SKIPPED miss and every store a no-op.
@@ -68,3 +68,6 @@ class CacheConfig:
     db_name: str = "response_cache.sqlite3"
     #: Characters per chunk when a cached answer is replayed as a stream.
     replay_chunk_chars: int = 32
+    #: Cache writes waiting to run at most; a write past it is dropped and counted. Writes
+    #: run after the answer has gone out, never on the response path.
+    max_pending_writes: int = 256

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from optiserve.engine.types import CacheLayer, CacheLookup, FinishReason
+from optiserve.domain.types import CacheLayer, CacheLookup, FinishReason
 
 
 @dataclass

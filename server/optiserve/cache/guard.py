@@ -39,7 +39,7 @@ runs two checks on the cached question and the new one:
      (where one changed word is the whole difference).
 
 The weights live in ``guard_weights.json`` next to this module, trained by
-``python -m optiserve.cache.train_guard`` on one fixed half of ``qqp_dev.jsonl`` (seed
+``python -m optiserve.tools.train_guard`` on one fixed half of ``qqp_dev.jsonl`` (seed
 fixed, numpy only) and reported on the other half by ``benchmarks/semantic_cache.py``.
 """
 

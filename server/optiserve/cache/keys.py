@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from optiserve.engine.types import ChatMessage, GenerateRequest
+from optiserve.domain.types import ChatMessage, GenerateRequest
 
 #: Bump when the canonical form changes, so old persisted keys stop matching.
 KEY_VERSION = 1

@@ -4,7 +4,7 @@ Lookup order: in-process exact table → Redis (when configured) → semantic in
 Everything that may block (Redis I/O, embedding, FAISS, SQLite) runs on a small dedicated
 thread pool, never on the event loop; an in-process exact hit is answered inline (µs).
 
-Policy (per request, :class:`~optiserve.engine.types.CachePolicy`):
+Policy (per request, :class:`~optiserve.domain.types.CachePolicy`):
 
 =================  ========  ======  =================================================
 mode               looks up  stores  note
@@ -41,7 +41,8 @@ from optiserve.cache.keys import RequestKeys, request_keys
 from optiserve.cache.redis_store import RedisAnswer, RedisExact
 from optiserve.cache.semantic import match
 from optiserve.cache.store import CacheStore
-from optiserve.engine.types import (
+from optiserve.domain.errors import CacheMiss, InvalidRequest
+from optiserve.domain.types import (
     CacheLayer,
     CacheLookup,
     CacheMode,
@@ -50,7 +51,6 @@ from optiserve.engine.types import (
     FinishReason,
     GenerateRequest,
 )
-from optiserve.errors import CacheMiss, InvalidRequest
 
 logger = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ class ResponseCache:
         finish_reason: FinishReason,
     ) -> None:
         """Cache a completed answer (no-op when the policy or request says not to)."""
-        if not self._should_store(request, text, finish_reason):
+        if not self.should_store(request, text, finish_reason):
             return
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(
@@ -386,10 +386,10 @@ class ResponseCache:
         finish_reason: FinishReason,
     ) -> None:
         """Blocking :meth:`store` (benchmarks, tests, threads)."""
-        if self._should_store(request, text, finish_reason):
+        if self.should_store(request, text, finish_reason):
             self._store_safe(request, model, text, completion_tokens, cost_usd, finish_reason)
 
-    def _should_store(self, request: GenerateRequest, text: str, finish: FinishReason) -> bool:
+    def should_store(self, request: GenerateRequest, text: str, finish: FinishReason) -> bool:
         return (
             request.cache.mode in _STORE_MODES
             and not self._cacheable(request)

@@ -8,7 +8,7 @@ from optiserve.cache.entry import CacheEntry
 from optiserve.cache.exact import EntryTable
 from optiserve.cache.guard import Guard
 from optiserve.cache.index import FloatArray, VectorIndex
-from optiserve.engine.types import CacheLayer, CacheLookup, CacheOutcome
+from optiserve.domain.types import CacheLayer, CacheLookup, CacheOutcome
 
 #: Candidates above the threshold the guard may look at, best first.
 CANDIDATES = 3

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from optiserve.cache.entry import CacheEntry
-from optiserve.engine.types import FinishReason
+from optiserve.domain.types import FinishReason
 
 logger = logging.getLogger(__name__)
 

@@ -1,1 +1,5 @@
-"""Which model answers: the catalogue of models, routing, budgets and usage accounting."""
+"""Which model answers a request: complexity features, tiers, budgets and fallback chains.
+
+Empty until the router lands (remote providers); the catalogue's name lookup lives in
+:mod:`optiserve.models.catalogue`.
+"""

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
+from optiserve.accounting.usage import ModelUsage
 from optiserve.cache import CacheStats
-from optiserve.engine import types as d
-from optiserve.routing.usage import ModelUsage
+from optiserve.domain import types as d
+from optiserve.service import UsageReport
 from optiserve.v1 import optiserve_pb2 as pb
 
 _CACHE_MODES = {
@@ -154,7 +155,17 @@ def usage_to_proto(u: ModelUsage) -> pb.ModelUsage:
     )
 
 
-def cache_stats_to_proto(stats: CacheStats | None) -> pb.CacheStats:
+def usage_report_to_proto(report: UsageReport) -> pb.GetUsageResponse:
+    """Wire GetUsage answer."""
+    return pb.GetUsageResponse(
+        models=[usage_to_proto(r) for r in report.models],
+        total=usage_to_proto(report.total),
+        uptime_s=report.uptime_s,
+        cache=cache_stats_to_proto(report.cache, report.dropped_stores),
+    )
+
+
+def cache_stats_to_proto(stats: CacheStats | None, dropped_writes: int = 0) -> pb.CacheStats:
     """Wire cache statistics (``enabled=False`` when there is no cache)."""
     if stats is None:
         return pb.CacheStats(enabled=False)
@@ -174,4 +185,5 @@ def cache_stats_to_proto(stats: CacheStats | None) -> pb.CacheStats:
         exact_backend=stats.exact_backend,
         index_device=stats.index_device,
         enabled=True,
+        dropped_writes=dropped_writes,
     )

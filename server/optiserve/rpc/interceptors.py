@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from optiserve.errors import InvalidRequest, OptiserveError, status_code_name
+from optiserve.domain.errors import InvalidRequest, OptiserveError, status_code_name
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Maps domain errors to status codes through :data:`optiserve.errors.STATUS_CODES`."""
+    """Maps domain errors to status codes through :data:`optiserve.domain.errors.STATUS_CODES`."""
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], details: Any

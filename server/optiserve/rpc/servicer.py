@@ -1,4 +1,4 @@
-"""The OptiServe servicer: converts, delegates to the pipeline, converts back. Nothing else."""
+"""The OptiServe servicer: converts, delegates to the service, converts back. Nothing else."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from optiserve.engine.pipeline import Pipeline
-from optiserve.engine.types import GenerateRequest, TextDelta
-from optiserve.errors import InvalidRequest, Unimplemented
+from optiserve.domain.errors import InvalidRequest, Unimplemented
+from optiserve.domain.types import GenerateRequest, TextDelta
 from optiserve.rpc import convert
 from optiserve.rpc.interceptors import current_request_id
+from optiserve.service import Service
 from optiserve.v1 import optiserve_pb2 as pb
 from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
 
@@ -27,10 +27,10 @@ def tenant_of(context: grpc.aio.ServicerContext) -> str:
 
 
 class OptiServeServicer(pb_grpc.OptiServeServicer):  # type: ignore[misc]
-    """gRPC face of the :class:`Pipeline`."""
+    """gRPC face of the :class:`~optiserve.service.Service`."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
-        self._pipeline = pipeline
+    def __init__(self, service: Service) -> None:
+        self._service = service
 
     def _request(
         self, msg: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -47,7 +47,7 @@ class OptiServeServicer(pb_grpc.OptiServeServicer):  # type: ignore[misc]
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
         """Unary generation."""
-        result = await self._pipeline.generate(self._request(request, context))
+        result = await self._service.generate(self._request(request, context))
         return convert.result_to_proto(result)
 
     async def StreamGenerate(
@@ -55,7 +55,7 @@ class OptiServeServicer(pb_grpc.OptiServeServicer):  # type: ignore[misc]
     ) -> AsyncIterator[pb.GenerateChunk]:
         """Streaming generation: deltas, then a chunk with the summary."""
         domain = self._request(request, context)
-        events = self._pipeline.stream(domain)
+        events = self._service.stream(domain)
         try:
             async for event in events:
                 if isinstance(event, TextDelta):
@@ -88,18 +88,11 @@ class OptiServeServicer(pb_grpc.OptiServeServicer):  # type: ignore[misc]
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         """Every model and route."""
-        models = self._pipeline.catalogue.models()
+        models = self._service.list_models()
         return pb.ListModelsResponse(models=[convert.model_info_to_proto(m) for m in models])
 
     async def GetUsage(
         self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetUsageResponse:
         """Measured usage since start."""
-        rows, total = self._pipeline.usage.snapshot(request.model)
-        cache = self._pipeline.cache
-        return pb.GetUsageResponse(
-            models=[convert.usage_to_proto(r) for r in rows],
-            total=convert.usage_to_proto(total),
-            uptime_s=self._pipeline.usage.uptime_s(),
-            cache=convert.cache_stats_to_proto(cache.stats() if cache else None),
-        )
+        return convert.usage_report_to_proto(self._service.usage(request.model))

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m optiserve.cache.train_guard [--data ../shared/data/paraphrase/qqp_dev.jsonl]
+    python -m optiserve.tools.train_guard [--data ../shared/data/paraphrase/qqp_dev.jsonl]
 
 Splits ``qqp_dev.jsonl`` into two fixed halves with seed ``SPLIT_SEED`` (the benchmark uses
 the same split and reports only on the evaluation half), embeds the training half with the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from optiserve.engine.types import SamplingParams
+from optiserve.domain.types import SamplingParams
 
 
 def make_generator(params: SamplingParams, device: torch.device | str = "cpu") -> torch.Generator:

@@ -1,7 +1,7 @@
 """What a consumer of the scheduler sees: the events of a sequence and its handle.
 
 Events a :class:`SequenceHandle` yields, in order: zero or more :class:`TokenEvent`, then
-exactly one :class:`Completion`; or it raises the domain error that ended the sequence.
+exactly one :class:`SequenceEnd`; or it raises the domain error that ended the sequence.
 The scheduler's worker thread hands a step's events to each consumer's event loop with one
 ``call_soon_threadsafe(deliver, items)``.
 """
@@ -13,7 +13,7 @@ import collections
 from dataclasses import dataclass
 from typing import Any
 
-from optiserve.engine.types import FinishReason
+from optiserve.domain.types import FinishReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +29,7 @@ class TokenEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class Completion:
+class SequenceEnd:
     """The last event of a sequence: why it ended, its token counts and timings.
 
     ``completion_tokens`` counts the generated tokens without a final end-of-sequence
@@ -48,13 +48,13 @@ class Completion:
     last_token_at: float
 
 
-SequenceEvent = TokenEvent | Completion
+SequenceEvent = TokenEvent | SequenceEnd
 
 
 class SequenceHandle:
     """The consumer side of one submitted sequence: an async iterator of events.
 
-    ``async for event in handle`` yields :class:`TokenEvent` then one :class:`Completion`,
+    ``async for event in handle`` yields :class:`TokenEvent` then one :class:`SequenceEnd`,
     or raises the sequence's domain error. Iterate it on the event loop that submitted it.
     Cancelling the awaiting task cancels the sequence too.
     """
@@ -71,7 +71,7 @@ class SequenceHandle:
     def cancel(self) -> None:
         """Stop generating (idempotent): the sequence leaves the batch at the next step.
 
-        Events not yet consumed are dropped; iteration then ends without a Completion.
+        Events not yet consumed are dropped; iteration then ends without a SequenceEnd.
         """
         self.cancelled = True
         self._finished = True
@@ -89,7 +89,7 @@ class SequenceHandle:
     async def next_events(self) -> list[SequenceEvent]:
         """Wait for at least one event; return it and every event already delivered.
 
-        The events come in order and end at the Completion (if it is among them). Returns
+        The events come in order and end at the SequenceEnd (if it is among them). Returns
         ``[]`` once the sequence has ended; raises the sequence's domain error when it is
         the next item (events delivered before an error are returned first). Lets a
         consumer that fell behind send one message for several tokens.
@@ -123,7 +123,7 @@ class SequenceHandle:
             self._finished = True
             self._items.clear()
             raise item
-        if isinstance(item, Completion):
+        if isinstance(item, SequenceEnd):
             self._finished = True
         return item
 
@@ -148,4 +148,4 @@ def deliver(items: list[tuple[SequenceHandle, Any]]) -> None:
         handle._push(events)
 
 
-__all__ = ["Completion", "SequenceEvent", "SequenceHandle", "TokenEvent", "deliver"]
+__all__ = ["SequenceEnd", "SequenceEvent", "SequenceHandle", "TokenEvent", "deliver"]

@@ -11,14 +11,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from engine_lm import TinyLM
 from prometheus_client import CollectorRegistry
+from tiny_lm import TinyLM
 
-from optiserve.engine.metrics import SchedulerMetrics
-from optiserve.engine.scheduler import Completion, Scheduler, SequenceHandle, TokenEvent
-from optiserve.engine.scheduler_config import SchedulerConfig
-from optiserve.engine.types import FinishReason, SamplingParams
-from optiserve.errors import DeadlineExceeded, InvalidRequest, QueueFull, Unavailable
+from optiserve.domain.errors import DeadlineExceeded, InvalidRequest, QueueFull, Unavailable
+from optiserve.domain.types import FinishReason, SamplingParams
+from optiserve.models.local.config import EngineConfig
+from optiserve.models.local.metrics import SchedulerMetrics
+from optiserve.models.local.scheduler import Scheduler, SequenceEnd, SequenceHandle, TokenEvent
 
 WATCHDOG_S = 60.0
 
@@ -43,7 +43,7 @@ def running(lm: TinyLM, model: Any = None, **config: Any) -> Iterator[Scheduler]
     scheduler = Scheduler(
         model if model is not None else lm.model,
         lm.tokenizer,
-        SchedulerConfig(**config),
+        EngineConfig(**config),
         SchedulerMetrics(registry),
         name="tiny",
     )
@@ -54,7 +54,7 @@ def running(lm: TinyLM, model: Any = None, **config: Any) -> Iterator[Scheduler]
         scheduler.stop()
 
 
-async def collect(handle: SequenceHandle) -> tuple[list[int], str, Completion | None]:
+async def collect(handle: SequenceHandle) -> tuple[list[int], str, SequenceEnd | None]:
     tokens: list[int] = []
     text = ""
     completion = None
@@ -143,7 +143,7 @@ async def test_many_streams_with_random_cancellations(tiny_llama: TinyLM) -> Non
                 n += 1
                 if n == cancel_at:
                     handle.cancel()
-                if isinstance(event, Completion):
+                if isinstance(event, SequenceEnd):
                     return "completed"
             return "cancelled"
 
@@ -233,9 +233,7 @@ async def test_model_failure_fails_only_that_step(tiny_llama: TinyLM) -> None:
 
     model = WrappedModel(tiny_llama.model, lambda ids: (time.sleep(0.002), hook(ids))[1])
     registry = CollectorRegistry()
-    scheduler = Scheduler(
-        model, tiny_llama.tokenizer, SchedulerConfig(), SchedulerMetrics(registry)
-    )
+    scheduler = Scheduler(model, tiny_llama.tokenizer, EngineConfig(), SchedulerMetrics(registry))
     scheduler.start()
     try:
         healthy_prompt = [5, 6, 7, 8, 9]
@@ -298,7 +296,7 @@ async def test_fifo_admission_no_starvation(tiny_llama: TinyLM) -> None:
 
 async def test_stop_fails_pending_with_unavailable(tiny_llama: TinyLM) -> None:
     model = WrappedModel(tiny_llama.model, lambda _: time.sleep(0.005))
-    scheduler = Scheduler(model, tiny_llama.tokenizer, SchedulerConfig())
+    scheduler = Scheduler(model, tiny_llama.tokenizer, EngineConfig())
     scheduler.start()
     handle = scheduler.submit([5, 6, 7], greedy(400 - 3))
     await asyncio.sleep(0.05)
@@ -314,7 +312,7 @@ async def test_metrics_are_recorded(tiny_llama: TinyLM) -> None:
     scheduler = Scheduler(
         tiny_llama.model,
         tiny_llama.tokenizer,
-        SchedulerConfig(),
+        EngineConfig(),
         SchedulerMetrics(registry),
         name="m",
     )
@@ -367,7 +365,7 @@ async def test_next_events_coalesces_what_a_slow_consumer_missed(tiny_llama: Tin
         await asyncio.sleep(0.3)  # fall behind: the rest is already delivered
         rest = await handle.next_events()
         assert len(rest) > 1
-        assert isinstance(rest[-1], Completion)
+        assert isinstance(rest[-1], SequenceEnd)
         assert await handle.next_events() == []
     tokens = [e.token_id for e in first + rest if isinstance(e, TokenEvent)]
     assert tokens == tiny_llama.reference(prompt, 12)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from engine_lm import TinyLM
+from tiny_lm import TinyLM
 
-from optiserve.engine.text import IncrementalDetokenizer, fast_decoder
+from optiserve.models.local.text import IncrementalDetokenizer, fast_decoder
 
 
 def test_fast_decoder_matches_tokenizer(tiny_lm: TinyLM) -> None:

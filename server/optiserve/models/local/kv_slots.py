@@ -170,7 +170,7 @@ def cache_layers(cache: Any) -> list[Any]:
     layer_class = _slot_layer_class()
     layers = list(getattr(cache, "layers", ()))
     if not layers or not all(type(layer) is layer_class for layer in layers):
-        raise TypeError("batch caches must come from optiserve.engine.kv_slots.new_cache")
+        raise TypeError("batch caches must come from optiserve.models.local.kv_slots.new_cache")
     return layers
 
 

@@ -17,13 +17,13 @@ runs this loop::
 
 Admission is strictly FIFO (the head of the queue is never overtaken), so no request
 starves: its wait is bounded by the work queued before it. A model exception in a step
-fails that step's sequences with :class:`~optiserve.errors.Unavailable` and the loop goes
+fails that step's sequences with :class:`~optiserve.domain.errors.Unavailable` and the loop goes
 on. Tokens reach each asyncio consumer through ``loop.call_soon_threadsafe``, once per
 step per event loop.
 
 Events a :class:`SequenceHandle` yields, in order: zero or more :class:`TokenEvent`, then
-exactly one :class:`Completion`; or it raises the domain error that ended the sequence
-(:class:`~optiserve.errors.Unavailable`, :class:`~optiserve.errors.DeadlineExceeded`).
+exactly one :class:`SequenceEnd`; or it raises the domain error that ended the sequence
+(:class:`~optiserve.domain.errors.Unavailable`, :class:`~optiserve.domain.errors.DeadlineExceeded`).
 """
 
 from __future__ import annotations
@@ -37,26 +37,26 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from optiserve.engine.batch import CausalLMBatch, Generation, SequenceRequest, eos_token_ids
-from optiserve.engine.events import (
-    Completion,
-    SequenceEvent,
-    SequenceHandle,
-    TokenEvent,
-    deliver,
-)
-from optiserve.engine.metrics import BoundMetrics, SchedulerMetrics
-from optiserve.engine.sampling import make_generator
-from optiserve.engine.scheduler_config import SchedulerConfig
-from optiserve.engine.text import IncrementalDetokenizer, StopMatcher, fast_decoder
-from optiserve.engine.types import FinishReason, SamplingParams
-from optiserve.errors import (
+from optiserve.domain.errors import (
     DeadlineExceeded,
     InvalidRequest,
     OptiserveError,
     QueueFull,
     Unavailable,
 )
+from optiserve.domain.types import FinishReason, SamplingParams
+from optiserve.models.local.batch import CausalLMBatch, Generation, SequenceRequest, eos_token_ids
+from optiserve.models.local.config import EngineConfig
+from optiserve.models.local.events import (
+    SequenceEnd,
+    SequenceEvent,
+    SequenceHandle,
+    TokenEvent,
+    deliver,
+)
+from optiserve.models.local.metrics import BoundMetrics, SchedulerMetrics
+from optiserve.models.local.sampling import make_generator
+from optiserve.models.local.text import IncrementalDetokenizer, StopMatcher, fast_decoder
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Scheduler:
         self,
         model: Any,
         tokenizer: Any,
-        config: SchedulerConfig,
+        config: EngineConfig,
         metrics: SchedulerMetrics | None = None,
         device: str = "cpu",
         *,
@@ -449,12 +449,12 @@ class Scheduler:
             metrics.tokens_generated.inc(len(gens))
         return keep
 
-    def _completion(self, seq: _Sequence, finish: FinishReason, now: float) -> Completion:
+    def _completion(self, seq: _Sequence, finish: FinishReason, now: float) -> SequenceEnd:
         if self._last_completion:
             gap = max(now - self._last_completion, 1e-6)
             self._completion_rate = 0.9 * self._completion_rate + 0.1 / gap
         self._last_completion = now
-        return Completion(
+        return SequenceEnd(
             finish_reason=finish,
             prompt_tokens=len(seq.request.prompt_ids),
             completion_tokens=seq.tokens - (finish is FinishReason.EOS),
@@ -480,9 +480,9 @@ class Scheduler:
 
 
 __all__ = [
-    "Completion",
+    "EngineConfig",
     "Scheduler",
-    "SchedulerConfig",
+    "SequenceEnd",
     "SequenceEvent",
     "SequenceHandle",
     "TokenEvent",

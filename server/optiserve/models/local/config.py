@@ -1,4 +1,4 @@
-"""Settings of the continuous-batching scheduler (one object per concern)."""
+"""Settings of local model execution on this host (section ``[engine]``)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,19 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class SchedulerConfig:
-    """How one local model's scheduler batches requests.
+class EngineConfig:
+    """How local models run and how each model's scheduler batches requests.
 
-    * ``max_batch_size``: sequences decoding together at most.
+    * ``torch_threads``: torch intra-op threads, applied once by the app at start. 1 is
+      fastest on a small, busy CPU (``benchmarks/batching.py --threads``); raise it on
+      machines with idle cores.
+    * ``max_batch_size``: sequences decoding together at most, per model.
     * ``max_batch_tokens``: the running batch's token budget, counted as the sum over its
       sequences of ``prompt tokens + max_new_tokens``; a single request above it is refused.
     * ``max_wait_ms``: when idle, how long the first request waits for others to arrive so
       they are prefilled together (dynamic batching); 0 disables the wait.
-    * ``max_queue``: waiting requests at most; one more is refused with ``QueueFull``.
+    * ``max_queue``: waiting requests at most, per model; one more is refused with
+      ``QueueFull`` (RESOURCE_EXHAUSTED).
     * ``max_prefill_tokens``: padded prompt tokens (rows x longest prompt) prefilled in one
       step at most; a burst is admitted over several steps, each followed by a decode step
       of the running rows, so the first arrivals get their first token sooner and running
@@ -22,6 +26,7 @@ class SchedulerConfig:
       admitted when the batch has room.
     """
 
+    torch_threads: int = 1
     max_batch_size: int = 32
     max_batch_tokens: int = 8192
     max_wait_ms: float = 5.0
@@ -29,13 +34,14 @@ class SchedulerConfig:
     max_prefill_tokens: int = 512
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
-        if self.max_batch_tokens < 2:
-            raise ValueError(f"max_batch_tokens must be >= 2, got {self.max_batch_tokens}")
-        if self.max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
-        if self.max_prefill_tokens < 1:
-            raise ValueError(f"max_prefill_tokens must be >= 1, got {self.max_prefill_tokens}")
-        if self.max_queue < 1:
-            raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
+        for name, low in (
+            ("torch_threads", 1),
+            ("max_batch_size", 1),
+            ("max_batch_tokens", 2),
+            ("max_wait_ms", 0),
+            ("max_queue", 1),
+            ("max_prefill_tokens", 1),
+        ):
+            value = getattr(self, name)
+            if not value >= low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")

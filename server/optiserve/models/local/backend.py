@@ -17,14 +17,14 @@ from typing import Any
 
 import torch
 
-from optiserve.backends.base import BackendEvent, Completion
-from optiserve.config import DEMO_SOURCE, ModelConfig
-from optiserve.engine import scheduler as sched
-from optiserve.engine.metrics import SchedulerMetrics
-from optiserve.engine.scheduler_config import SchedulerConfig
-from optiserve.engine.types import GenerateRequest, ModelInfo, ModelKind, SamplingParams
-from optiserve.errors import InvalidRequest, Unavailable
-from optiserve.tinymodels import ensure_demo_model
+from optiserve.domain.errors import InvalidRequest, Unavailable
+from optiserve.domain.types import GenerateRequest, ModelInfo, ModelKind, SamplingParams
+from optiserve.models.base import BackendEvent, BackendFinish
+from optiserve.models.config import DEMO_SOURCE, ModelConfig
+from optiserve.models.local import scheduler as sched
+from optiserve.models.local.config import EngineConfig
+from optiserve.models.local.metrics import SchedulerMetrics
+from optiserve.tools.tinymodels import ensure_demo_model
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class LocalHFBackend:
         self,
         config: ModelConfig,
         data_dir: Path,
-        scheduler_config: SchedulerConfig,
+        scheduler_config: EngineConfig,
         metrics: SchedulerMetrics | None = None,
     ) -> None:
         self._config = config
@@ -158,7 +158,7 @@ class LocalHFBackend:
         return list(tok(request.prompt)["input_ids"])
 
     async def stream(self, request: GenerateRequest) -> AsyncIterator[BackendEvent]:
-        """Generate: text deltas as they are decoded, then one Completion.
+        """Generate: text deltas as they are decoded, then one BackendFinish.
 
         Tokens that arrived while the consumer was busy are coalesced into one delta (one
         message per stream and step at most); the first token is never held back.
@@ -172,8 +172,8 @@ class LocalHFBackend:
                 if text:
                     yield text
                 event = events[-1]
-                if isinstance(event, sched.Completion):
-                    yield Completion(
+                if isinstance(event, sched.SequenceEnd):
+                    yield BackendFinish(
                         finish_reason=event.finish_reason,
                         prompt_tokens=event.prompt_tokens,
                         completion_tokens=event.completion_tokens,

@@ -6,7 +6,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
-from optiserve.engine.types import CacheLayer, ResponseSummary
+from optiserve.domain.types import CacheLayer, ResponseSummary
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,16 @@
 """Prometheus metrics of the continuous-batching scheduler.
 
 Metrics live in a :class:`prometheus_client.CollectorRegistry` the caller passes in (never
-the global one), labelled by model, so several schedulers share one registry. Expose the
-registry with :func:`serve_metrics` on the configured port, or render it with
-``prometheus_client.generate_latest(registry)``.
+the global one), labelled by model, so several schedulers share one registry. The app
+serves the registry on the configured metrics port; ``prometheus_client.generate_latest``
+renders it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (
     0.001,
@@ -118,12 +118,3 @@ class BoundMetrics:
         self.inter_token: Any = metrics.inter_token.labels(model)
         self.queue_wait: Any = metrics.queue_wait.labels(model)
         self.step_failures: Any = metrics.step_failures.labels(model)
-
-
-def serve_metrics(registry: CollectorRegistry, port: int, addr: str = "127.0.0.1") -> Any:
-    """Serve ``registry`` in Prometheus text format on ``addr:port`` (a daemon thread).
-
-    Returns what ``prometheus_client.start_http_server`` returns (server, thread); call
-    ``server.shutdown()`` to stop it.
-    """
-    return start_http_server(port, addr=addr, registry=registry)

@@ -1,12 +1,12 @@
-"""Fixtures of the engine tests: tiny Llama and GPT-2 models (see engine_lm.TinyLM)."""
+"""Fixtures of the local-model tests: tiny Llama and GPT-2 models (see tiny_lm.TinyLM)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from engine_lm import TinyLM
+from tiny_lm import TinyLM
 
-from optiserve.tinymodels import TinySpec, build_tiny_model
+from optiserve.tools.tinymodels import TinySpec, build_tiny_model
 
 torch.set_num_threads(1)
 

@@ -3,7 +3,7 @@
 A :class:`CausalLMBatch` holds the sequences that decode together and their KV cache. Prompts
 are prefilled left-padded (so every row's last prompt token shares the last column); the
 prefill stores each row's keys/values *left-aligned* in its own slot of a preallocated slot
-cache (:mod:`optiserve.engine.kv_slots`). Decode then writes every row's new token at its
+cache (:mod:`optiserve.models.local.kv_slots`). Decode then writes every row's new token at its
 own column and attends over the columns up to the longest row, the attention mask hiding
 each shorter row's holes; every row keeps its own positions and sampling parameters.
 
@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from optiserve import batching
-from optiserve.engine.kv_slots import cache_layers, new_cache, row_capacity
-from optiserve.engine.sampling import select_token
-from optiserve.engine.types import FinishReason, SamplingParams
+from optiserve.domain.types import FinishReason, SamplingParams
+from optiserve.models.local.kv_slots import cache_layers, new_cache, row_capacity
+from optiserve.models.local.sampling import select_token
 
 _NO_STOPS = np.zeros(0, dtype=np.int64)
 
@@ -92,7 +92,7 @@ def sample_rows(
     """One token per row of ``logits`` ``[B, vocab]``, each row with its own parameters.
 
     Greedy rows are decided together with one argmax; sampled rows use
-    :func:`optiserve.engine.sampling.select_token` with their own generator.
+    :func:`optiserve.models.local.sampling.select_token` with their own generator.
     """
     chosen = torch.argmax(logits, dim=-1).tolist()
     for row, p in enumerate(params):
@@ -105,7 +105,7 @@ class CausalLMBatch:
     """Sequences that decode together: tokens, positions, KV slots, per-row state.
 
     Before :meth:`prefill` the batch holds the collated, left-padded prompts. From prefill
-    on, its KV cache is a slot cache (:mod:`optiserve.engine.kv_slots`): row ``r`` holds
+    on, its KV cache is a slot cache (:mod:`optiserve.models.local.kv_slots`): row ``r`` holds
     ``cached[r]`` tokens left-aligned in slot ``r`` and its next input token waits in
     ``input_ids[r]``. :meth:`filter` and :meth:`concatenate` move only the rows that leave
     or join; row order is therefore not preserved (use :attr:`seq_ids`).

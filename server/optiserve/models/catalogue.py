@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from optiserve.backends.base import Backend
-from optiserve.engine.types import ModelInfo
-from optiserve.errors import ModelNotFound
+from optiserve.domain.errors import ModelNotFound
+from optiserve.domain.types import ModelInfo
+from optiserve.models.base import Backend
 
 
 class ModelCatalogue:

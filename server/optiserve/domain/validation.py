@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from optiserve.engine.types import GenerateRequest
-from optiserve.errors import InvalidRequest
+from optiserve.domain.errors import InvalidRequest
+from optiserve.domain.types import GenerateRequest
 
 ROLES = ("system", "user", "assistant")
 

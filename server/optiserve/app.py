@@ -1,5 +1,5 @@
-"""Server bootstrap: models, pipeline, gRPC server with health, reflection, interceptors,
-metrics, and a graceful drain on SIGTERM/SIGINT.
+"""The composition root: config -> models -> cache -> service -> gRPC server (health,
+reflection, interceptors, metrics), and a graceful drain on SIGTERM/SIGINT.
 
 :class:`OptiserveApp` is the server; :class:`ServerThread` runs one on a background
 thread with its own event loop (for tests, benchmarks and embedding).
@@ -19,20 +19,19 @@ import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, start_http_server
 
-from optiserve.backends.base import Backend
-from optiserve.backends.local_hf import LocalHFBackend
+from optiserve.accounting.usage import UsageTracker
 from optiserve.cache import ResponseCache
 from optiserve.cache.metrics import register_cache_metrics
 from optiserve.config import Config
-from optiserve.engine.metrics import SchedulerMetrics, serve_metrics
-from optiserve.engine.pipeline import Pipeline
-from optiserve.engine.scheduler_config import SchedulerConfig
-from optiserve.routing.catalogue import ModelCatalogue
-from optiserve.routing.usage import UsageTracker
+from optiserve.models.base import Backend
+from optiserve.models.catalogue import ModelCatalogue
+from optiserve.models.local.backend import LocalHFBackend
+from optiserve.models.local.metrics import SchedulerMetrics
 from optiserve.rpc.interceptors import ErrorInterceptor, RequestIdInterceptor
 from optiserve.rpc.servicer import OptiServeServicer
+from optiserve.service import Service
 from optiserve.v1 import optiserve_pb2 as pb
 from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
 
@@ -44,29 +43,19 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OptiServe"].full_name
 def build_backends(config: Config, metrics: SchedulerMetrics) -> list[tuple[str, Backend]]:
     """One backend per configured model (not loaded yet)."""
     data_dir = config.resolved_data_dir()
-    e = config.engine
-    scheduling = SchedulerConfig(
-        max_batch_size=e.max_batch_size,
-        max_batch_tokens=e.max_batch_tokens,
-        max_wait_ms=e.max_wait_ms,
-        max_prefill_tokens=e.max_prefill_tokens,
-        max_queue=e.max_queue,
-    )
-    return [(m.name, LocalHFBackend(m, data_dir, scheduling, metrics)) for m in config.models]
+    return [(m.name, LocalHFBackend(m, data_dir, config.engine, metrics)) for m in config.models]
 
 
 class OptiserveApp:
-    """The optiserve server: owns the models, the pipeline and the gRPC server."""
+    """The optiserve server: owns the models, the cache, the service and the gRPC server."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.registry = CollectorRegistry()
         self.backends = build_backends(config, SchedulerMetrics(self.registry))
-        self.pipeline = Pipeline(
-            ModelCatalogue(self.backends, config.default_model_name()),
-            UsageTracker(),
-            replay_chunk_chars=config.cache.replay_chunk_chars,
-        )
+        self.catalogue = ModelCatalogue(self.backends, config.default_model_name())
+        self.cache: ResponseCache | None = None
+        self.service: Service | None = None
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._metrics_server: Any = None
@@ -79,10 +68,17 @@ class OptiserveApp:
         for _, backend in self.backends:
             await asyncio.to_thread(backend.load)
         if self.config.cache.enabled:
-            self.pipeline.cache = await asyncio.to_thread(
+            self.cache = await asyncio.to_thread(
                 ResponseCache.open, self.config.cache, self.config.resolved_data_dir()
             )
-            register_cache_metrics(self.pipeline.cache, self.registry)
+            register_cache_metrics(self.cache, self.registry)
+        self.service = Service(
+            self.catalogue,
+            UsageTracker(),
+            self.cache,
+            replay_chunk_chars=self.config.cache.replay_chunk_chars,
+            max_pending_stores=self.config.cache.max_pending_writes,
+        )
         cfg = self.config.server
         server = grpc.aio.server(
             interceptors=[RequestIdInterceptor(), ErrorInterceptor()],
@@ -92,7 +88,7 @@ class OptiserveApp:
             ],
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
         )
-        pb_grpc.add_OptiServeServicer_to_server(OptiServeServicer(self.pipeline), server)
+        pb_grpc.add_OptiServeServicer_to_server(OptiServeServicer(self.service), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -103,14 +99,16 @@ class OptiserveApp:
         await server.start()
         self._server = server
         if cfg.metrics_port:
-            self._metrics_server = serve_metrics(self.registry, cfg.metrics_port, cfg.host)
+            self._metrics_server = start_http_server(
+                cfg.metrics_port, addr=cfg.host, registry=self.registry
+            )
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving",
             extra={
                 "address": f"{cfg.host}:{self.port}",
                 "models": [n for n, _ in self.backends],
-                "default_model": self.pipeline.catalogue.default,
+                "default_model": self.catalogue.default,
                 "torch_threads": self.config.engine.torch_threads,
                 "start_s": round(time.perf_counter() - started, 2),
             },
@@ -127,16 +125,20 @@ class OptiserveApp:
             return
         grace = self.config.server.grace_period_s if grace_s is None else grace_s
         log.info("draining", extra={"grace_s": grace})
-        self.pipeline.draining = True
+        started = time.monotonic()
+        assert self.service is not None
+        await self.service.drain(0.0)  # new requests get UNAVAILABLE from now on
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         announce = min(self.config.server.drain_announce_s, grace)
         await asyncio.sleep(announce)
         await self._server.stop(grace - announce)
         self._server = None
+        # In-flight RPCs are done; their cache writes get what is left of the grace period.
+        await self.service.drain(grace - (time.monotonic() - started))
         for _, backend in self.backends:
             await asyncio.to_thread(backend.close)
-        if self.pipeline.cache is not None:
-            await asyncio.to_thread(self.pipeline.cache.close)
+        if self.cache is not None:
+            await asyncio.to_thread(self.cache.close)
         if self._metrics_server is not None:
             self._metrics_server[0].shutdown()
             self._metrics_server = None
@@ -173,6 +175,14 @@ class ServerThread:
     def target(self) -> str:
         """``host:port`` to dial."""
         return f"{self.app.config.server.host}:{self.app.port}"
+
+    def wait_for_cache_writes(self, timeout_s: float = 30.0) -> None:
+        """Block until the cache writes pending now have finished (they run after the answer
+        has gone out, so a repeat sent at once may still miss)."""
+        service = self.app.service
+        if service is not None:
+            coro = service.wait_for_stores(timeout_s)
+            asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def stop(self, grace_s: float = 0.0) -> None:
         """Drain and stop the server, then the loop and thread."""

@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from optiserve.engine.types import FinishReason, GenerateRequest, ModelInfo, SamplingParams
+from optiserve.domain.types import FinishReason, GenerateRequest, ModelInfo, SamplingParams
 
 
 @dataclass(frozen=True)
-class Completion:
+class BackendFinish:
     """How a backend's generation ended, with its measured figures."""
 
     finish_reason: FinishReason
@@ -23,8 +23,8 @@ class Completion:
     cost_usd: float = 0.0
 
 
-BackendEvent = str | Completion
-"""A backend yields text deltas (``str``), then exactly one :class:`Completion`."""
+BackendEvent = str | BackendFinish
+"""A backend yields text deltas (``str``), then exactly one :class:`BackendFinish`."""
 
 
 class Backend(Protocol):
@@ -46,13 +46,13 @@ class Backend(Protocol):
     def resolve_sampling(self, params: SamplingParams) -> SamplingParams:
         """Fill ``max_new_tokens`` with the model default and check it against the cap.
 
-        Raises :class:`~optiserve.errors.InvalidRequest` when it is out of range.
+        Raises :class:`~optiserve.domain.errors.InvalidRequest` when it is out of range.
         """
         ...
 
     def stream(self, request: GenerateRequest) -> AsyncIterator[BackendEvent]:
         """Generate for ``request`` (sampling already resolved by :meth:`resolve_sampling`):
-        text deltas, then a Completion.
+        text deltas, then a BackendFinish.
 
         Raises domain errors (InvalidRequest for a too-long prompt, QueueFull, ...). Closing
         the iterator early (client gone, deadline) stops the generation.

@@ -6,10 +6,10 @@ import random
 
 import pytest
 import torch
-from engine_lm import TinyLM
+from tiny_lm import TinyLM
 
-from optiserve.engine.batch import CausalLMBatch, SequenceRequest, eos_token_ids
-from optiserve.engine.types import FinishReason, SamplingParams
+from optiserve.domain.types import FinishReason, SamplingParams
+from optiserve.models.local.batch import CausalLMBatch, SequenceRequest, eos_token_ids
 
 
 def _requests(n: int, seed: int, start_id: int = 0) -> list[SequenceRequest]:

@@ -1,1 +1,0 @@
-"""Model backends: what actually produces text (local Hugging Face models, remote providers)."""

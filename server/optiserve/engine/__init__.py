@@ -1,1 +1,0 @@
-"""The request pipeline and the domain types that cross the rpc boundary."""
