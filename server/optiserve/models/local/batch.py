@@ -84,23 +84,6 @@ class Generation:
     finish: FinishReason | None
 
 
-def sample_rows(
-    logits: torch.Tensor,
-    params: Sequence[SamplingParams],
-    generators: Sequence[torch.Generator | None],
-) -> list[int]:
-    """One token per row of ``logits`` ``[B, vocab]``, each row with its own parameters.
-
-    Greedy rows are decided together with one argmax; sampled rows use
-    :func:`optiserve.models.local.sampling.select_token` with their own generator.
-    """
-    chosen = torch.argmax(logits, dim=-1).tolist()
-    for row, p in enumerate(params):
-        if not p.greedy:
-            chosen[row] = select_token(logits[row], p, generators[row])
-    return [int(t) for t in chosen]
-
-
 class CausalLMBatch:
     """Sequences that decode together: tokens, positions, KV slots, per-row state.
 
@@ -180,22 +163,12 @@ class CausalLMBatch:
         return self._width
 
     @property
-    def lengths(self) -> np.ndarray[Any, np.dtype[np.int64]]:
-        """Tokens of each row: those in the KV cache plus the pending input token."""
-        return self.cached + (1 if self.cache is not None else 0)
-
-    @property
     def attention_mask(self) -> torch.Tensor:
         """``[B, width]``: 1 where a row has a token (left-padded before prefill)."""
         if self._prompt_mask is not None:
             return self._prompt_mask
         cols = torch.arange(self._width, device=self.input_ids.device)
         return (cols[None, :] < torch.from_numpy(self.cached)[:, None]).long()
-
-    @property
-    def reserved_tokens(self) -> int:
-        """Tokens this batch may still need: prompt plus max_new_tokens of every row."""
-        return sum(len(r.request.prompt_ids) + r.request.max_new_tokens for r in self.rows)
 
     # ----------------------------------------------------------------- steps
 
@@ -399,7 +372,7 @@ class CausalLMBatch:
         ordered = [base, *others]
         widths = np.array([b.width for b in ordered], dtype=np.int64)
         sizes = np.array([len(b) for b in ordered], dtype=np.int64)
-        starts, _, width = batching.concat_layout(widths, sizes)
+        starts, width = batching.concat_layout(widths, sizes)
         layers = cache_layers(base.cache)
         for layer in layers:
             layer.reserve(int(starts[-1]), width + 1, base.width)
@@ -445,5 +418,4 @@ __all__ = [
     "Generation",
     "SequenceRequest",
     "eos_token_ids",
-    "sample_rows",
 ]

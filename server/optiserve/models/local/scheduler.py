@@ -147,7 +147,6 @@ class Scheduler:
         self._batch: CausalLMBatch | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._stopped = False
         self._completion_rate = 0.0  # sequences/s, exponentially averaged
         self._last_completion = 0.0
         self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[SequenceHandle, Any]]] = {}
@@ -171,7 +170,6 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout)
         with self._cond:
-            self._stopped = True
             doomed = list(self._waiting) + list(self._running.values())
             self._waiting.clear()
             self._running.clear()
@@ -459,8 +457,6 @@ class Scheduler:
             prompt_tokens=len(seq.request.prompt_ids),
             completion_tokens=seq.tokens - (finish is FinishReason.EOS),
             queued_ms=(seq.admitted - seq.submitted) * 1000.0,
-            ttft_ms=(seq.first_token - seq.submitted) * 1000.0,
-            total_ms=(now - seq.submitted) * 1000.0,
             first_token_at=seq.first_token,
             last_token_at=seq.last_token,
         )
