@@ -2,55 +2,17 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
-from tiny_lm import TinyLM
+from tiny_lm import TinyLM, random_requests, run_waves
 
 from optiserve.domain.types import FinishReason, SamplingParams
 from optiserve.models.local.batch import CausalLMBatch, SequenceRequest, eos_token_ids
 
 
-def _requests(n: int, seed: int, start_id: int = 0) -> list[SequenceRequest]:
-    rng = random.Random(seed)
-    return [
-        SequenceRequest(
-            start_id + i,
-            [rng.randrange(4, 2000) for _ in range(rng.randint(1, 70))],
-            SamplingParams(max_new_tokens=rng.randint(1, 24)),
-        )
-        for i in range(n)
-    ]
-
-
-def _run_waves(lm: TinyLM, waves: list[list[SequenceRequest]]) -> dict[int, list[int]]:
-    """Admit one wave every two decode steps into a running batch; collect tokens."""
-    out: dict[int, list[int]] = {r.seq_id: [] for wave in waves for r in wave}
-    running: CausalLMBatch | None = None
-    pad = lm.tokenizer.pad_token_id
-    step = 0
-    while waves or running is not None:
-        if waves and step % 2 == 0:
-            new = CausalLMBatch.from_requests(waves.pop(0), pad, sorted(lm.eos))
-            gens = new.prefill(lm.model)
-            for g in gens:
-                out[g.seq_id].append(g.token_id)
-            kept = new.filter([g.seq_id for g in gens if g.finish is None])
-            if kept is not None:
-                running = kept if running is None else CausalLMBatch.concatenate([running, kept])
-        if running is not None:
-            gens = running.decode(lm.model)
-            for g in gens:
-                out[g.seq_id].append(g.token_id)
-            running = running.filter([g.seq_id for g in gens if g.finish is None])
-        step += 1
-    return out
-
-
 def test_greedy_batched_equals_alone(tiny_lm: TinyLM) -> None:
-    reqs = _requests(32, seed=1)
-    got = _run_waves(tiny_lm, [reqs[:5], reqs[5:6], reqs[6:20], reqs[20:]])
+    reqs = random_requests(32, seed=1)
+    got = run_waves(tiny_lm, [reqs[:5], reqs[5:6], reqs[6:20], reqs[20:]])
     for r in reqs:
         assert got[r.seq_id] == tiny_lm.reference(r.prompt_ids, r.max_new_tokens), r.seq_id
 
@@ -83,12 +45,12 @@ def test_filter_refills_slots_and_trims_width(tiny_llama: TinyLM) -> None:
 
 def test_concatenate_copies_only_the_joining_rows(tiny_llama: TinyLM) -> None:
     pad = tiny_llama.tokenizer.pad_token_id
-    running = CausalLMBatch.from_requests(_requests(6, seed=4), pad)
+    running = CausalLMBatch.from_requests(random_requests(6, seed=4), pad)
     running.prefill(tiny_llama.model)
     running.decode(tiny_llama.model)
     layer = running.cache.layers[0]
     before = layer.kbuf[:6, :, : running.width].clone()
-    new = CausalLMBatch.from_requests(_requests(2, seed=5, start_id=10), pad)
+    new = CausalLMBatch.from_requests(random_requests(2, seed=5, start_id=10), pad)
     new.prefill(tiny_llama.model)
     new_width = new.width
     merged = CausalLMBatch.concatenate([running, new])
@@ -104,7 +66,7 @@ def test_per_row_sampling_params_do_not_leak(tiny_llama: TinyLM) -> None:
     greedy = SequenceRequest(1, prompt, SamplingParams(max_new_tokens=12))
     gen = torch.Generator().manual_seed(7)
     hot = SequenceRequest(2, prompt, SamplingParams(max_new_tokens=12, temperature=1.5), gen)
-    got = _run_waves(tiny_llama, [[greedy, hot]])
+    got = run_waves(tiny_llama, [[greedy, hot]])
     assert got[1] == tiny_llama.reference(prompt, 12)
     assert len(got[2]) == 12
 
@@ -115,7 +77,7 @@ def test_seeded_sampling_is_reproducible_across_batches(tiny_llama: TinyLM) -> N
 
     def sampled(others: int) -> list[int]:
         req = SequenceRequest(0, prompt, params, torch.Generator().manual_seed(3))
-        return _run_waves(tiny_llama, [[req, *_requests(others, seed=others, start_id=1)]])[0]
+        return run_waves(tiny_llama, [[req, *random_requests(others, seed=others, start_id=1)]])[0]
 
     assert sampled(0) == sampled(0)
 

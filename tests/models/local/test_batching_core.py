@@ -182,12 +182,20 @@ def test_match_stop_ids_validates_shapes(impl: ModuleType) -> None:
         impl.match_stop_ids(np.zeros((1, 1), np.int64), _i64([1]), _i64([]), _i64([]), _i64([0]))
 
 
-def test_selector_exposes_every_function() -> None:
+def test_selector_exposes_the_selected_implementation() -> None:
     from optiserve import batching
 
-    for name in ("collate", "filter_indices", "concat_layout", "finish_codes", "match_stop_ids"):
-        assert callable(getattr(batching, name))
-    assert batching.IMPLEMENTATION in ("cython", "python")
+    chosen = _batching_py if batching.IMPLEMENTATION == "python" else _batching_ext
+    assert chosen is not None
+    names = [n for n in batching.__all__ if n not in ("IMPLEMENTATION", "extensions_disabled")]
+    twin_functions = [
+        name
+        for name, value in vars(_batching_py).items()
+        if callable(value) and getattr(value, "__module__", "") == _batching_py.__name__
+    ]
+    assert sorted(names) == sorted(twin_functions)  # every core function is selected
+    for name in names:
+        assert getattr(batching, name) is getattr(chosen, name), name
 
 
 @pytest.mark.parametrize("impl", IMPLS)
