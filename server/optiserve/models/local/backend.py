@@ -134,11 +134,14 @@ class LocalHFBackend:
     # -- requests --------------------------------------------------------------------------
 
     def resolve_sampling(self, params: SamplingParams) -> SamplingParams:
-        """Apply the model's default max_new_tokens and check the cap."""
+        """Apply the model's default max_new_tokens and check the model's cap.
+
+        The request's shape (max_new_tokens >= 1) was checked by ``validate_request``.
+        """
         cfg = self._config
         if params.max_new_tokens is None:
             return replace(params, max_new_tokens=cfg.default_max_new_tokens)
-        if not 1 <= params.max_new_tokens <= cfg.max_new_tokens_cap:
+        if params.max_new_tokens > cfg.max_new_tokens_cap:
             raise InvalidRequest(
                 f"sampling.max_new_tokens must be in [1, {cfg.max_new_tokens_cap}] for model "
                 f"{cfg.name!r}, got {params.max_new_tokens}"

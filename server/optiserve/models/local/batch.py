@@ -43,9 +43,11 @@ _NO_STOPS = np.zeros(0, dtype=np.int64)
 class SequenceRequest:
     """One sequence entering a batch.
 
-    ``params.max_new_tokens`` must be resolved (an int). ``stop_token_ids`` are token-level
-    stop sequences (text-level stop strings are the scheduler's job). ``generator`` seeds
-    sampling for this sequence; None is fine for greedy requests.
+    ``params.max_new_tokens`` must be resolved to an int >= 1 (the backend's
+    ``resolve_sampling`` does it; a ValueError here is a bug, not a bad request).
+    ``stop_token_ids`` are token-level stop sequences (text-level stop strings are the
+    scheduler's job). ``generator`` seeds sampling for this sequence; None is fine for
+    greedy requests.
     """
 
     seq_id: int
@@ -54,12 +56,20 @@ class SequenceRequest:
     generator: torch.Generator | None = None
     stop_token_ids: tuple[tuple[int, ...], ...] = ()
 
+    def __post_init__(self) -> None:
+        limit = self.params.max_new_tokens
+        if limit is None or limit < 1:
+            raise ValueError(
+                f"sequence {self.seq_id}: params.max_new_tokens must be resolved to an int >= 1 "
+                f"before batching (resolve_sampling does it), got {limit}"
+            )
+
     @property
     def max_new_tokens(self) -> int:
         """The resolved generation limit."""
-        if self.params.max_new_tokens is None:
-            raise ValueError("SequenceRequest needs params.max_new_tokens resolved to an int")
-        return self.params.max_new_tokens
+        limit = self.params.max_new_tokens
+        assert limit is not None  # checked in __post_init__
+        return limit
 
 
 @dataclass

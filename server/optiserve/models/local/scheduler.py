@@ -198,17 +198,20 @@ class Scheduler:
     ) -> SequenceHandle:
         """Queue a sequence; call from the event loop that will iterate the handle.
 
-        ``params.max_new_tokens`` must be resolved; ``deadline`` is on the
-        ``time.monotonic()`` clock. Raises InvalidRequest for prompts that cannot fit,
-        QueueFull (with ``retry_after_s``) when the waiting queue is full, and Unavailable
-        when the scheduler is not running.
+        ``params`` must be resolved by the backend (``max_new_tokens`` an int >= 1, else
+        ValueError: a bug, not a bad request); ``deadline`` is on the ``time.monotonic()``
+        clock. Raises InvalidRequest for prompts that cannot fit, QueueFull (with
+        ``retry_after_s``) when the waiting queue is full, and Unavailable when the
+        scheduler is not running.
         """
         loop = asyncio.get_running_loop()
-        max_new = params.max_new_tokens
-        if max_new is None or max_new < 1:
-            raise InvalidRequest(f"max_new_tokens must be a positive integer, got {max_new}")
         if not prompt_ids:
             raise InvalidRequest("the prompt is empty; send at least one token")
+        seq_id = next(self._ids)
+        generator = None if params.greedy else make_generator(params, self.device)
+        # Checks the invariant (resolved sampling): a ValueError here is a bug upstream.
+        request = SequenceRequest(seq_id, list(prompt_ids), params, generator, stop_token_ids)
+        max_new = request.max_new_tokens
         total = len(prompt_ids) + max_new
         if total > self.config.max_batch_tokens:
             raise InvalidRequest(
@@ -222,10 +225,7 @@ class Scheduler:
                 f"exceeds the context length ({self.context_length}) of model {self.name!r}; "
                 "shorten the prompt or lower max_new_tokens"
             )
-        seq_id = next(self._ids)
         handle = SequenceHandle(seq_id, loop)
-        generator = None if params.greedy else make_generator(params, self.device)
-        request = SequenceRequest(seq_id, list(prompt_ids), params, generator, stop_token_ids)
         detok = IncrementalDetokenizer(self._decoder, list(prompt_ids[-_PROMPT_TAIL:]))
         with self._cond:
             if self._stopping or self._thread is None:
