@@ -48,13 +48,16 @@ class CacheConfig:
     embedder_path: str = ""
     #: Longest text embedded, in tokens (longer input is truncated).
     embedder_max_tokens: int = 256
-    #: "int8" (ONNX Runtime per-channel dynamic int8: 1.8x faster, mean cosine 0.995 to
-    #: fp32, measured) or "none" (fp32).
+    #: "int8" (ONNX Runtime per-channel dynamic int8) or "none" (fp32). Speed and cosine to
+    #: fp32 of each are measured by benchmarks/cache_latency.py (embedder_p50_ms,
+    #: embedder_cosine_vs_fp32).
     embedder_quantize: str = "int8"
-    #: torch threads the embedder uses (1 is fastest for single queries on a small CPU).
+    #: Intra-op threads of the embedder's ONNX Runtime session (its torch fallback uses the
+    #: process's torch threads, engine.torch_threads). benchmarks/cache_latency.py measures
+    #: the hit path at this setting.
     embedder_threads: int = 1
-    #: Up to this many vectors a partition's index is exact (flat); above it HNSW. Measured
-    #: on a 2-core CPU, one query: flat 10k vectors 1.2 ms, HNSW 10k 0.33 ms, HNSW 1M 0.9 ms.
+    #: Up to this many vectors a partition's index is exact (flat); above it HNSW. The
+    #: crossover is measured by benchmarks/index_1m.py (--n N --kind flat, then hnsw).
     flat_max_entries: int = 4096
     #: HNSW graph degree and search breadth.
     hnsw_m: int = 32
@@ -62,6 +65,13 @@ class CacheConfig:
     hnsw_ef_construction: int = 80
     #: Use GPU FAISS when the installed faiss has GPU support and a GPU is present.
     use_gpu: bool = True
+    #: OpenMP threads per FAISS call, set once on each of the cache's worker threads (1: a
+    #: one-query search gains nothing from a team whose idle members spin-wait; compare
+    #: with benchmarks/cache_latency.py --faiss-threads).
+    faiss_threads: int = 1
+    #: FAISS's process-wide distance_compute_blas_threshold (exact searches of at least
+    #: this many queries at once use BLAS), applied once by the app at start.
+    faiss_blas_threshold: int = 16
     #: Persist entries in SQLite (WAL) under the data directory.
     persist: bool = True
     #: File name of the SQLite store inside the data directory.
