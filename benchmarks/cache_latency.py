@@ -264,6 +264,9 @@ def embedder_figures(cache_dir: Path, texts: list[str], rounds: int) -> dict[str
         "torch": Embedder(backend="torch"),
     }
     p50s: dict[str, list[float]] = {name: [] for name in backends}
+    for embedder in backends.values():
+        for t in texts[:10]:
+            embedder.embed(t)  # warm up
     for _ in range(rounds):
         for name, embedder in backends.items():
             times: list[float] = []
