@@ -22,6 +22,12 @@ def _generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help="the prompt text")
     parser.add_argument("--model", default="", help="model or route name (default route)")
     parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument(
+        "--min-new-tokens",
+        type=int,
+        default=None,
+        help="tokens generated before an end-of-sequence token may end the answer",
+    )
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--top-k", type=int, default=None)
@@ -54,13 +60,13 @@ def _serve(args: argparse.Namespace) -> int:
     from optiserve.config import ConfigError, load_config
     from optiserve.logs import configure_logging
 
-    env = dict(os.environ)
+    overrides: dict[str, object] = {}
     if args.host:
-        env["OPTISERVE_SERVER__HOST"] = args.host
+        overrides["server.host"] = args.host
     if args.port is not None:
-        env["OPTISERVE_SERVER__PORT"] = str(args.port)
+        overrides["server.port"] = args.port
     try:
-        config = load_config(args.config, env)
+        config = load_config(args.config, os.environ, overrides)
     except ConfigError as exc:
         print(f"optiserve: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -75,6 +81,7 @@ def _generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": args.model,
         "max_new_tokens": args.max_new_tokens,
+        "min_new_tokens": args.min_new_tokens,
         "temperature": args.temperature,
         "top_p": args.top_p,
         "top_k": args.top_k,

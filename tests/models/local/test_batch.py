@@ -109,3 +109,61 @@ def test_contract_errors(tiny_llama: TinyLM) -> None:
     with pytest.raises(RuntimeError, match="before prefill"):
         batch.decode(tiny_llama.model)
     assert eos_token_ids(tiny_llama.model, tiny_llama.tokenizer) == sorted(tiny_llama.eos)
+
+
+def _first_greedy_tokens(lm: TinyLM, prompts: list[list[int]]) -> list[int]:
+    return [lm.reference(p, 1)[0] for p in prompts]
+
+
+def test_min_new_tokens_masks_eos_until_reached(tiny_lm: TinyLM) -> None:
+    prompt = list(range(40, 75))
+    first = tiny_lm.reference(prompt, 1)[0]
+    eos = sorted(tiny_lm.eos | {first})  # the greedy first token now ends the answer at once
+    plain = SequenceRequest(1, prompt, SamplingParams(max_new_tokens=10))
+    batch = CausalLMBatch.from_requests([plain], tiny_lm.tokenizer.pad_token_id, eos)
+    gens = batch.prefill(tiny_lm.model)
+    assert (gens[0].token_id, gens[0].finish) == (first, FinishReason.EOS)
+    held = SequenceRequest(2, prompt, SamplingParams(max_new_tokens=10, min_new_tokens=4))
+    tokens = run_waves(tiny_lm, [[held]], eos=eos)[2]
+    assert tokens[0] != first  # the best non-EOS token, not a sampled EOS ignored
+    assert not set(tokens[:4]) & set(eos)
+    assert len(tokens) >= 4
+    assert tokens == tiny_lm.reference(prompt, 10, min_new_tokens=4, eos=eos)
+
+
+def test_rows_with_different_minimums(tiny_lm: TinyLM) -> None:
+    reqs = random_requests(12, seed=31)
+    eos = sorted(tiny_lm.eos | set(_first_greedy_tokens(tiny_lm, [r.prompt_ids for r in reqs])))
+    mins = [0, 1, 3, 7, 0, 12, 2, 5, 0, 9, 4, 1]
+    reqs = [
+        SequenceRequest(r.seq_id, r.prompt_ids, SamplingParams(max_new_tokens=14, min_new_tokens=m))
+        for r, m in zip(reqs, mins, strict=True)
+    ]
+    got = run_waves(tiny_lm, [reqs[:4], reqs[4:5], reqs[5:]], eos=eos)
+    for r, m in zip(reqs, mins, strict=True):
+        want = tiny_lm.reference(r.prompt_ids, 14, min_new_tokens=m, eos=eos)
+        assert got[r.seq_id] == want, (r.seq_id, m)
+        assert len(want) >= max(m, 1)
+    assert len(got[0]) == 1  # no minimum: its first token is an end-of-sequence id
+
+
+def test_min_new_tokens_holds_for_sampled_rows_and_single_token_stops(tiny_llama: TinyLM) -> None:
+    prompt = list(range(300, 330))
+    first = tiny_llama.reference(prompt, 1)[0]
+    stop = ((first,),)  # a single-token stop (an end-of-turn token, say) is held back too
+    greedy = SequenceRequest(
+        1, prompt, SamplingParams(max_new_tokens=6, min_new_tokens=3), stop_token_ids=stop
+    )
+    hot = SamplingParams(max_new_tokens=6, min_new_tokens=6, temperature=50.0, seed=1)
+    sampled = SequenceRequest(2, prompt, hot, torch.Generator().manual_seed(1))
+    eos = sorted(set(range(4, 1500)))  # almost every token ends the answer
+    got = run_waves(tiny_llama, [[greedy, sampled]], eos=eos)
+    assert got[1][0] != first
+    assert len(got[2]) == 6 and not set(got[2]) & set(eos)
+
+
+def test_sequence_request_checks_resolved_limits() -> None:
+    with pytest.raises(ValueError, match="max_new_tokens must be resolved"):
+        SequenceRequest(1, [5], SamplingParams())
+    with pytest.raises(ValueError, match=r"min_new_tokens must be in \[0, 3\]"):
+        SequenceRequest(1, [5], SamplingParams(max_new_tokens=3, min_new_tokens=4))

@@ -26,10 +26,21 @@ class TinyLM:
         self.eos = {int(self.tokenizer.eos_token_id)}
 
     @torch.inference_mode()
-    def reference(self, prompt: Sequence[int], max_new_tokens: int) -> list[int]:
-        """Greedy tokens of ``prompt`` generated alone: prefill + KV-cache decode, argmax."""
+    def reference(
+        self,
+        prompt: Sequence[int],
+        max_new_tokens: int,
+        min_new_tokens: int = 0,
+        eos: Sequence[int] | None = None,
+    ) -> list[int]:
+        """Greedy tokens of ``prompt`` generated alone: prefill + KV-cache decode, argmax.
+
+        Below ``min_new_tokens`` the end-of-sequence ids (``eos``, default the model's) are
+        masked out before the argmax.
+        """
         from transformers import DynamicCache
 
+        ends = set(self.eos if eos is None else eos)
         out = self.model(
             input_ids=torch.tensor([list(prompt)]),
             past_key_values=DynamicCache(config=self.model.config),
@@ -37,9 +48,12 @@ class TinyLM:
         )
         tokens: list[int] = []
         while True:
-            token = int(out.logits[0, -1].argmax())
+            logits = out.logits[0, -1].clone()
+            if len(tokens) < min_new_tokens:
+                logits[sorted(ends)] = float("-inf")
+            token = int(logits.argmax())
             tokens.append(token)
-            if token in self.eos or len(tokens) >= max_new_tokens:
+            if token in ends or len(tokens) >= max_new_tokens:
                 return tokens
             out = self.model(
                 input_ids=torch.tensor([[token]]),
@@ -95,7 +109,8 @@ def run_waves(
 
 def twin_workload(lm: TinyLM) -> dict[int, list[int]]:
     """A fixed workload that touches every batching function: collation, waves joining a
-    running batch, rows leaving, a token-id stop sequence and an extra end-of-sequence id.
+    running batch, rows leaving, a token-id stop sequence, an extra end-of-sequence id and
+    a min_new_tokens row whose greedy first token is that id.
 
     Run in two processes (Cython core and pure-Python twin), it must give equal tokens.
     """
@@ -105,5 +120,8 @@ def twin_workload(lm: TinyLM) -> dict[int, list[int]]:
     reqs[0] = SequenceRequest(0, reqs[0].prompt_ids, long, stop_token_ids=(tuple(first[4:6]),))
     second = lm.reference(reqs[1].prompt_ids, 20)
     reqs[1] = SequenceRequest(1, reqs[1].prompt_ids, long)
-    eos = sorted(lm.eos | {second[7]})
+    third = lm.reference(reqs[2].prompt_ids, 1)
+    held = SamplingParams(max_new_tokens=12, min_new_tokens=5)
+    reqs[2] = SequenceRequest(2, reqs[2].prompt_ids, held)
+    eos = sorted(lm.eos | {second[7], third[0]})
     return run_waves(lm, [reqs[:3], reqs[3:4], reqs[4:]], eos=eos)

@@ -21,10 +21,10 @@ from optiserve.domain.errors import InvalidRequest, Unavailable
 from optiserve.domain.types import GenerateRequest, ModelInfo, ModelKind, SamplingParams
 from optiserve.models.base import BackendEvent, BackendFinish
 from optiserve.models.config import DEMO_SOURCE, ModelConfig
+from optiserve.models.demo import demo_model_dir
 from optiserve.models.local import scheduler as sched
 from optiserve.models.local.config import EngineConfig
 from optiserve.models.local.metrics import SchedulerMetrics
-from optiserve.tools.tinymodels import ensure_demo_model
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,9 @@ class LocalHFBackend:
 
     @property
     def source_path(self) -> str:
-        """The hub id or directory ``from_pretrained`` loads."""
+        """The hub id or directory ``from_pretrained`` loads (``demo``: the package's)."""
         if self._config.source == DEMO_SOURCE:
-            return str(ensure_demo_model(self._data_dir))
+            return str(demo_model_dir())
         return self._config.source
 
     def load(self) -> None:
@@ -134,19 +134,33 @@ class LocalHFBackend:
     # -- requests --------------------------------------------------------------------------
 
     def resolve_sampling(self, params: SamplingParams) -> SamplingParams:
-        """Apply the model's default max_new_tokens and check the model's cap.
+        """Apply the model's defaults (max_new_tokens, min_new_tokens) and check the model's
+        cap and min_new_tokens <= max_new_tokens.
 
-        The request's shape (max_new_tokens >= 1) was checked by ``validate_request``.
+        The request's shape (max_new_tokens >= 1, min_new_tokens >= 0) was checked by
+        ``validate_request``. An unset min_new_tokens takes the model's default, lowered to
+        max_new_tokens when the request asks for fewer tokens than that default.
         """
         cfg = self._config
-        if params.max_new_tokens is None:
-            return replace(params, max_new_tokens=cfg.default_max_new_tokens)
-        if params.max_new_tokens > cfg.max_new_tokens_cap:
+        max_new = params.max_new_tokens
+        if max_new is None:
+            max_new = cfg.default_max_new_tokens
+        elif max_new > cfg.max_new_tokens_cap:
             raise InvalidRequest(
                 f"sampling.max_new_tokens must be in [1, {cfg.max_new_tokens_cap}] for model "
-                f"{cfg.name!r}, got {params.max_new_tokens}"
+                f"{cfg.name!r}, got {max_new}"
             )
-        return params
+        min_new = params.min_new_tokens
+        if min_new is None:
+            min_new = min(cfg.default_min_new_tokens, max_new)
+        elif min_new > max_new:
+            source = "" if params.max_new_tokens is not None else ", the model's default"
+            raise InvalidRequest(
+                f"sampling.min_new_tokens must be in [0, {max_new}] (at most max_new_tokens, "
+                f"{max_new}{source}) for model {cfg.name!r}, got {min_new}; lower "
+                "min_new_tokens or raise max_new_tokens"
+            )
+        return replace(params, max_new_tokens=max_new, min_new_tokens=min_new)
 
     def encode(self, request: GenerateRequest) -> list[int]:
         """Token ids of the prompt (chat template applied to messages when there is one)."""

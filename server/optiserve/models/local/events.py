@@ -21,7 +21,8 @@ class TokenEvent:
     """One generated token and the text it completes (``""`` while text is held back).
 
     Text is detokenized incrementally and cut before any stop string; the token that ends
-    a sequence (EOS included) is delivered too, carrying any text released at the end.
+    a sequence (EOS included) is delivered too, carrying any text released at the end (an
+    end-of-sequence token's own text is never part of the answer).
     """
 
     token_id: int

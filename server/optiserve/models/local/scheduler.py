@@ -432,7 +432,10 @@ class Scheduler:
             elif metrics:
                 metrics.inter_token.observe(now - seq.last_token)
             seq.last_token = now
-            text = seq.stop.feed(seq.detok.push(gen.token_id))
+            # An end-of-sequence token is not part of the answer (nor of completion_tokens),
+            # even when it is no special token that detokenization would skip.
+            eos = gen.finish is FinishReason.EOS
+            text = "" if eos else seq.stop.feed(seq.detok.push(gen.token_id))
             finish = FinishReason.STOP_SEQUENCE if seq.stop.stopped else gen.finish
             if finish is not None and finish is not FinishReason.STOP_SEQUENCE:
                 text += seq.stop.flush()
