@@ -62,6 +62,31 @@ class TinyLM:
             )
 
 
+class ForcedToken:
+    """Wraps a model so that the ``at``-th generated token of a sequence is ``token``.
+
+    Counts steps from the last prefill (a forward with more than one input column), so it
+    serves one sequence at a time with a prompt of at least two tokens. ``token=None``
+    forces nothing.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self.config = model.config
+        self.generation_config = model.generation_config
+        self.token: int | None = None
+        self.at = 1
+        self._step = 0
+
+    def __call__(self, **kwargs: Any) -> Any:
+        out = self._model(**kwargs)
+        self._step = 1 if kwargs["input_ids"].shape[1] > 1 else self._step + 1
+        if self.token is not None and self._step == self.at:
+            logits = out.logits[:, -1, :]
+            logits[:, self.token] = logits.max() + 100.0
+        return out
+
+
 def random_requests(n: int, seed: int, start_id: int = 0) -> list[SequenceRequest]:
     """``n`` greedy requests with random prompts (1-70 tokens) and limits (1-24 tokens)."""
     rng = random.Random(seed)

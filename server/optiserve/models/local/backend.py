@@ -23,8 +23,10 @@ from optiserve.models.base import BackendEvent, BackendFinish
 from optiserve.models.config import DEMO_SOURCE, ModelConfig
 from optiserve.models.demo import demo_model_dir
 from optiserve.models.local import scheduler as sched
+from optiserve.models.local.batch import eos_token_ids
 from optiserve.models.local.config import EngineConfig
 from optiserve.models.local.metrics import SchedulerMetrics
+from optiserve.models.local.stops import TokenStops
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class LocalHFBackend:
         self._scheduler_config = scheduler_config
         self._metrics = metrics
         self._tokenizer: Any = None
+        self._stops: TokenStops | None = None
         self.scheduler: sched.Scheduler | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -81,6 +84,7 @@ class LocalHFBackend:
             source, dtype=_DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
         )
         model = model.to(device).eval()
+        self._stops = TokenStops(self._tokenizer, eos_token_ids(model, self._tokenizer))
         self.scheduler = sched.Scheduler(
             model,
             self._tokenizer,
@@ -178,11 +182,16 @@ class LocalHFBackend:
         """Generate: text deltas as they are decoded, then one BackendFinish.
 
         Tokens that arrived while the consumer was busy are coalesced into one delta (one
-        message per stream and step at most); the first token is never held back.
+        message per stream and step at most); the first token is never held back. Stop
+        strings that are special tokens, and for chat requests the template's end-of-turn
+        tokens, stop at token level (:class:`~optiserve.models.local.stops.TokenStops`).
         """
-        if self.scheduler is None:
+        if self.scheduler is None or self._stops is None:
             raise Unavailable(f"model {self._config.name!r} is not loaded yet; retry shortly")
-        handle = self.scheduler.submit(self.encode(request), request.sampling, request.deadline)
+        stop_ids = self._stops.for_request(request.sampling.stop, chat=bool(request.messages))
+        handle = self.scheduler.submit(
+            self.encode(request), request.sampling, request.deadline, stop_ids
+        )
         try:
             while events := await handle.next_events():
                 text = "".join(e.text for e in events if isinstance(e, sched.TokenEvent))

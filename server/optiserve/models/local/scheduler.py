@@ -437,7 +437,7 @@ class Scheduler:
             eos = gen.finish is FinishReason.EOS
             text = "" if eos else seq.stop.feed(seq.detok.push(gen.token_id))
             finish = FinishReason.STOP_SEQUENCE if seq.stop.stopped else gen.finish
-            if finish is not None and finish is not FinishReason.STOP_SEQUENCE:
+            if finish is not None:  # text held back for a stop string that never came
                 text += seq.stop.flush()
             if finish is None:
                 self._post(seq.handle, TokenEvent(gen.token_id, text))
