@@ -274,3 +274,19 @@ def test_serve_rejects_a_bad_port_flag(tmp_path: Path) -> None:
         "optiserve: configuration error: server.port must be in [0, 65535], got 99999 "
         "(from the command line)\n"
     )
+
+
+def test_readme_documents_every_setting() -> None:
+    """The configuration reference in README.md names every field of every section."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    keys = [f"`{name}`" for name in ("data_dir", "default_model")]
+    for section, cls in (
+        ("server", ServerConfig),
+        ("logging", LoggingConfig),
+        ("engine", EngineConfig),
+        ("cache", CacheConfig),
+    ):
+        keys += [f"`{section}.{f.name}`" for f in dataclasses.fields(cls)]
+    keys += [f"`[[models]] {f.name}`" for f in dataclasses.fields(ModelConfig)]
+    missing = [key for key in keys if key not in readme]
+    assert not missing, f"README.md's configuration reference lacks {missing}"

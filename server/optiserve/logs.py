@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -11,6 +12,16 @@ from typing import Any
 from optiserve.config import LoggingConfig
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+#: ONNX Runtime's quantizer logs a note per tensor on the root logger (about 40 lines when
+#: the cache's embedder is quantized on a first start) and advice meant for its developers.
+_ORT_QUANTIZATION = f"{os.sep}onnxruntime{os.sep}quantization{os.sep}"
+
+
+class _LibraryNoise(logging.Filter):
+    """Drops what ONNX Runtime's quantizer logs below ERROR; everything else passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or _ORT_QUANTIZATION not in record.pathname
 
 
 class JsonFormatter(logging.Formatter):
@@ -40,6 +51,7 @@ def configure_logging(config: LoggingConfig) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.addFilter(_LibraryNoise())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.level)
