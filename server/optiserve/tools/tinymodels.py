@@ -80,8 +80,19 @@ def local_corpus(max_chars: int = 2_000_000) -> list[str]:
     return sorted(set(texts))
 
 
-def build_tokenizer(corpus: list[str], vocab_size: int, path: Path) -> None:
-    """Train a byte-level BPE tokenizer on ``corpus`` and save it to ``path``."""
+def build_tokenizer(
+    corpus: list[str],
+    vocab_size: int,
+    path: Path,
+    *,
+    role_tokens: tuple[str, ...] = (),
+    chat_template: str = CHAT_TEMPLATE,
+) -> None:
+    """Train a byte-level BPE tokenizer on ``corpus`` and save it to ``path``.
+
+    ``role_tokens`` become single special tokens (kept whole, left out of decoded text),
+    for a ``chat_template`` that marks turns with them.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -90,7 +101,7 @@ def build_tokenizer(corpus: list[str], vocab_size: int, path: Path) -> None:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=[*SPECIAL_TOKENS, *role_tokens],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -102,7 +113,7 @@ def build_tokenizer(corpus: list[str], vocab_size: int, path: Path) -> None:
         eos_token="</s>",
         unk_token="<unk>",
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = chat_template
     fast.model_max_length = 1 << 30
     fast.save_pretrained(path)
 
