@@ -95,8 +95,8 @@ def time_grpc(
     """Milliseconds per unary Generate call; checks each answer is what ``expect`` says."""
     import grpc
 
-    from optiserve.v1 import optiserve_pb2 as pb
-    from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
+    from optiserve_client.v1 import optiserve_pb2 as pb
+    from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
 
     times: list[float] = []
     with grpc.insecure_channel(target) as channel:
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from optiserve.v1 import optiserve_pb2 as pb
+    from optiserve_client.v1 import optiserve_pb2 as pb
 
     report: dict[str, Any] = {"load_average": [round(x, 2) for x in os.getloadavg()]}
     rounds = max(1, args.rounds)

@@ -6,9 +6,9 @@ import grpc
 import pytest
 
 from optiserve.app import ServerThread
-from optiserve.v1 import optiserve_pb2 as pb
-from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
 from optiserve_client import Client
+from optiserve_client.v1 import optiserve_pb2 as pb
+from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
 
 PROMPT = "Return the number of items in a container"
 
