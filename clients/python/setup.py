@@ -54,5 +54,7 @@ def generate(out: Path = HERE) -> list[Path]:
 if __name__ == "__main__":
     from setuptools import setup
 
-    generate()
+    # An sdist has no proto/ beside it; it carries the modules generated when it was made.
+    if PROTO_DIR.is_dir() or not (HERE / PACKAGE / "optiserve_pb2.py").exists():
+        generate()
     setup()
