@@ -1,6 +1,6 @@
 """Cache latency: end-to-end Generate through gRPC for exact hits, semantic hits and miss
-lookups with 10k cached entries; FAISS lookup alone at 1M entries; GPTCache 0.1.44 on the
-same 10k entries in the same run.
+lookups with 10k cached entries; the cache's own index search at 1M entries (with raw FAISS
+beside it); GPTCache 0.1.44 on the same 10k entries in the same run.
 
 * The server is the real one (``OptiserveApp``: gRPC servicer, interceptors, pipeline with
   the response cache, a tiny local model) in its own process on 127.0.0.1; it reopens the
@@ -12,19 +12,24 @@ same 10k entries in the same run.
   verbatim; semantic hits ask duplicate-pair paraphrases the cache serves; misses ask
   Quora questions that are not stored and that the cache does not serve (the full miss
   path: exact miss, embedding, search, guard when a candidate is close).
-* 1M: ``index_1m.py`` (built once, saved under ``benchmarks/out/``).
+* 1M: ``index_1m.py``: the cache's partition search over a 1M-vector HNSW graph (built
+  once, saved under ``benchmarks/out/``), raw FAISS on the same graph as its baseline (both
+  on stderr, the cache's figures in the JSON line).
 * GPTCache 0.1.44: ``sqlite,faiss`` data manager, SBERT with the same all-MiniLM-L6-v2
   files, ``SearchDistanceEvaluation``, post-processing ``first``; the 10k entries imported
   with the same vectors; ``get()`` timed on the same semantic-hit queries (its hits only).
   Its SBERT runs on torch, timed both at torch's default thread count and at one thread
   (the setting optiserve's embedder and FAISS use); the faster is reported, so GPTCache is
-  never handicapped. (On this shared 2-core machine, two torch threads under background
-  load took 120-500 ms per ``get()`` against 26-34 ms with one.)
+  never handicapped (both are on stderr: ``gptcache_p50_ms_by_torch_threads``).
 * Rounds: the gRPC measurements and GPTCache's take turns, ``--rounds`` times (default 3);
   each figure is the median of its rounds, so a burst of load from another process on a
   shared machine lands on one round of one side, not on the ratio.
-* The int8 embedder's cosine to the fp32 ONNX embedder is measured on the stored and the
-  queried questions (reported with the other details on stderr).
+* The embedder alone: p50 of one ``embed()`` per backend (ONNX int8, ONNX fp32, torch;
+  ``embedder_p50_ms``) and the int8 embedder's cosine to the fp32 one
+  (``embedder_cosine_vs_fp32``), on the stored and the queried questions (stderr).
+* Process settings: this process and the server apply the app's
+  (:func:`optiserve.process_settings.apply_process_settings`); ``--faiss-threads`` sets the
+  OpenMP team size of the cache's FAISS calls (``CacheConfig.faiss_threads``).
 * Also on stderr: the same semantic hits looked up in process through the facade
   (``lookup_sync``, no gRPC), the like-for-like figure beside GPTCache's in-process
   ``get()`` (``semantic_hit_in_process_p50_ms``, ``speedup_in_process_vs_gptcache``).
@@ -248,17 +253,40 @@ def time_gptcache(get: Callable[[str], Any], queries: list[str], threads: int) -
         torch.set_num_threads(before)
 
 
-def embedder_cosine(cache_dir: Path, texts: list[str]) -> dict[str, float]:
-    """Cosine of the cache's int8 embeddings of ``texts`` to the fp32 ONNX embedder's."""
+def embedder_figures(cache_dir: Path, texts: list[str], rounds: int) -> dict[str, Any]:
+    """p50 ms of one ``embed()`` per backend (median of ``rounds`` interleaved rounds) and
+    the cosine of the cache's int8 embeddings of ``texts`` to the fp32 ONNX embedder's."""
     from optiserve.cache.embedder import Embedder
 
-    int8 = Embedder(onnx_dir=cache_dir, quantize="int8")
-    fp32 = Embedder(onnx_dir=cache_dir, quantize="none")
+    backends = {
+        "onnx-int8": Embedder(onnx_dir=cache_dir, quantize="int8"),
+        "onnx": Embedder(onnx_dir=cache_dir, quantize="none"),
+        "torch": Embedder(backend="torch"),
+    }
+    p50s: dict[str, list[float]] = {name: [] for name in backends}
+    for embedder in backends.values():
+        for t in texts[:10]:
+            embedder.embed(t)  # warm up
+    for _ in range(rounds):
+        for name, embedder in backends.items():
+            times: list[float] = []
+            for t in texts:
+                started = time.perf_counter()
+                embedder.embed(t)
+                times.append((time.perf_counter() - started) * 1000)
+            p50s[name].append(percentiles(times)[0])
+    int8, fp32 = backends["onnx-int8"], backends["onnx"]
     cos = np.asarray([float(int8.embed(t) @ fp32.embed(t)) for t in texts])
-    return {"mean": round(float(cos.mean()), 5), "min": round(float(cos.min()), 4)}
+    return {
+        "embedder_p50_ms": {name: round(median(v), 3) for name, v in p50s.items()},
+        "embedder_cosine_vs_fp32": {
+            "mean": round(float(cos.mean()), 5),
+            "min": round(float(cos.min()), 4),
+        },
+    }
 
 
-def serve(data_dir: Path, entries: int) -> None:
+def serve(data_dir: Path, entries: int, faiss_threads: int) -> None:
     """Server process: the real optiserve server (``OptiserveApp``: servicer, pipeline with
     the response cache, a tiny local model) reopening the populated cache from ``data_dir``.
     Prints its target and a JSON line, serves until stdin closes."""
@@ -270,7 +298,7 @@ def serve(data_dir: Path, entries: int) -> None:
     config = Config(
         server=ServerConfig(port=0),
         logging=LoggingConfig(level="WARNING", format="text"),
-        cache=CacheConfig(max_entries=entries * 2),
+        cache=CacheConfig(max_entries=entries * 2, faiss_threads=faiss_threads),
         models=(
             ModelConfig(
                 name=MODEL, source=str(model_dir), default_max_new_tokens=SERVER_MAX_NEW_TOKENS
@@ -315,15 +343,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--entries", type=int, default=N_ENTRIES)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per side")
     parser.add_argument("--skip-1m", action="store_true", help="development only")
+    parser.add_argument(
+        "--faiss-threads",
+        type=int,
+        default=CacheConfig().faiss_threads,
+        help="OpenMP threads per FAISS call on the cache's threads (CacheConfig.faiss_threads)",
+    )
     parser.add_argument("--serve", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(Path(args.serve), args.entries)
+        serve(Path(args.serve), args.entries, args.faiss_threads)
         return
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
+    from optiserve.config import Config
+    from optiserve.process_settings import apply_process_settings
     from optiserve_client.v1 import optiserve_pb2 as pb
 
     report: dict[str, Any] = {"load_average": [round(x, 2) for x in os.getloadavg()]}
@@ -332,9 +368,12 @@ def main(argv: list[str] | None = None) -> None:
     ours: dict[str, list[tuple[float, float]]] = {"exact": [], "semantic": [], "miss": []}
     gpt_threads = sorted({torch.get_num_threads(), 1}, reverse=True)
     gpt: dict[int, list[float]] = {t: [] for t in gpt_threads}
+    config = CacheConfig(max_entries=args.entries * 2, faiss_threads=args.faiss_threads)
+    # As the server does at start (GPTCache's timings set torch's threads themselves).
+    apply_process_settings(Config(cache=config))
+    report["faiss_threads"] = config.faiss_threads
 
     with tempfile.TemporaryDirectory(prefix="optiserve-cache-bench-") as tmp:
-        config = CacheConfig(max_entries=args.entries * 2)
         cache = ResponseCache.open(config, Path(tmp))
         assert cache.embedder is not None
         cache.embedder.embed("warm up")
@@ -353,8 +392,8 @@ def main(argv: list[str] | None = None) -> None:
         report["embedder_backend"] = cache.embedder.backend
         report["semantic_queries"] = len(semantic)
         cache.close()
-        report["embedder_cosine_vs_fp32"] = embedder_cosine(
-            Path(tmp) / "onnx", semantic + stored[: len(semantic)]
+        report.update(
+            embedder_figures(Path(tmp) / "onnx", semantic + stored[: len(semantic)], rounds)
         )
         gpt_get: Callable[[str], Any] | None = None
         gpt_hits: list[str] = []
@@ -366,7 +405,16 @@ def main(argv: list[str] | None = None) -> None:
             report["gptcache_hits"] = f"{len(gpt_hits)}/{len(semantic)}"
         # The server is its own process (clients are), reopening the cache from SQLite.
         server = subprocess.Popen(
-            [sys.executable, __file__, "--serve", tmp, "--entries", str(args.entries)],
+            [
+                sys.executable,
+                __file__,
+                "--serve",
+                tmp,
+                "--entries",
+                str(args.entries),
+                "--faiss-threads",
+                str(args.faiss_threads),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -393,10 +441,16 @@ def main(argv: list[str] | None = None) -> None:
             server.terminate()
             server.wait(timeout=30)
 
-    index = {k: float("nan") for k in ("index_lookup_p50_ms_1m", "index_lookup_p99_ms_1m")}
-    index["index_recall_at_1_1m"] = float("nan")
+    index: dict[str, Any] = {
+        k: float("nan")
+        for k in ("index_lookup_p50_ms_1m", "index_lookup_p99_ms_1m", "index_recall_at_1_1m")
+    }
     if not args.skip_1m:
-        index = index_1m.measure()
+        index = index_1m.measure(config=config)
+        # The cache's search and raw FAISS on the same graph, side by side.
+        report["index_1m"] = {
+            k: round(v, 4) if isinstance(v, float) else v for k, v in index.items()
+        }
     report["index_lookup_p50_ms_1m"] = round(index["index_lookup_p50_ms_1m"], 3)
     report["index_huge_page_bytes_1m"] = index.get("index_huge_page_bytes_1m", 0.0)
 

@@ -40,7 +40,7 @@ from optiserve.cache.embedder import Embedder
 from optiserve.cache.entry import CacheEntry
 from optiserve.cache.exact import EntryTable
 from optiserve.cache.guard import Guard
-from optiserve.cache.index import IndexParams, VectorIndex
+from optiserve.cache.index import IndexParams, VectorIndex, set_openmp_threads
 from optiserve.cache.semantic import CANDIDATES, match
 from optiserve.domain.types import FinishReason
 from optiserve.tools.train_guard import load_pairs, split_halves
@@ -212,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     config = CacheConfig()
+    # Searches run here as on the cache's worker threads (their OpenMP team size).
+    set_openmp_threads(config.faiss_threads)
     embedder = Embedder(threads=2, onnx_dir=OUT / "onnx")
     guard = Guard.load(config.guard_weights, config.guard_threshold)
     qqp = load_pairs(args.data / "qqp_dev.jsonl")

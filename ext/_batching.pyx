@@ -9,7 +9,6 @@ Every function here has a pure-Python/numpy twin with the same signature and res
 
 import numpy as np
 
-cimport cython
 from libc.stdint cimport int8_t, int64_t
 from libc.stdlib cimport free, malloc, qsort
 from libc.string cimport memcpy, memset
@@ -19,31 +18,25 @@ from cpython.ref cimport PyObject
 cdef extern from "Python.h":
     PyObject* PyList_GET_ITEM(PyObject* lst, Py_ssize_t i)
     PyObject* PyTuple_GET_ITEM(PyObject* tup, Py_ssize_t i)
-    Py_ssize_t PyList_GET_SIZE(PyObject* lst)
-    Py_ssize_t PyTuple_GET_SIZE(PyObject* tup)
-    long long PyLong_AsLongLong(PyObject* obj) except? -1
 
 
 cdef inline void _fill_row(
-    int64_t* ids, int64_t* mask, int64_t* pos,
-    Py_ssize_t n, Py_ssize_t width, int64_t pad_id, bint left_pad,
+    int64_t* ids, int64_t* mask, int64_t* pos, Py_ssize_t n, Py_ssize_t width, int64_t pad_id,
 ) noexcept nogil:
-    """Write one row's padding cells and its mask and positions (ids written by caller).
-
-    One simple loop (or memset) per array and region, so the compiler vectorizes them.
+    """Write one left-padded row's padding cells and its mask and positions (ids written by
+    the caller). One simple loop (or memset) per array and region, so the compiler
+    vectorizes them.
     """
     cdef Py_ssize_t j, pad = width - n
-    cdef Py_ssize_t lo = 0 if left_pad else n
-    cdef Py_ssize_t start = pad if left_pad else 0
     if pad_id == 0:
-        memset(ids + lo, 0, pad * sizeof(int64_t))
+        memset(ids, 0, pad * sizeof(int64_t))
     else:
-        for j in range(lo, lo + pad):
+        for j in range(pad):
             ids[j] = pad_id
-    memset(mask + lo, 0, pad * sizeof(int64_t))
-    memset(pos + lo, 0, pad * sizeof(int64_t))
-    mask += start
-    pos += start
+    memset(mask, 0, pad * sizeof(int64_t))
+    memset(pos, 0, pad * sizeof(int64_t))
+    mask += pad
+    pos += pad
     for j in range(n):
         mask[j] = 1
     for j in range(n):
@@ -65,16 +58,16 @@ cdef inline int _copy_ints(PyObject* seq, bint is_list, int64_t* out, Py_ssize_t
     return 0
 
 
-def collate(seqs, int64_t pad_id, bint left_pad=True, Py_ssize_t pad_to=0):
-    """Pad token lists into ``(input_ids, attention_mask, position_ids)``, each ``[B, L]``.
+def collate(seqs, int64_t pad_id):
+    """Left-pad token lists into ``(input_ids, attention_mask, position_ids)``, each ``[B, L]``.
 
-    ``L = max(max(len(s)), pad_to)``. Real tokens have mask 1 and positions 0..len-1;
-    padding has ``pad_id``, mask 0 and position 0. ``left_pad`` puts padding first.
-    Rows may be lists or tuples of ints (unboxed in place) or int arrays.
+    ``L = max(len(s))``. Real tokens sit at the right with mask 1 and positions 0..len-1;
+    padding (first) has ``pad_id``, mask 0 and position 0. Rows may be lists or tuples of
+    ints (unboxed in place) or int arrays.
     """
     cdef list rows = list(seqs)
     cdef Py_ssize_t batch = len(rows)
-    cdef Py_ssize_t width = pad_to if pad_to > 0 else 0
+    cdef Py_ssize_t width = 0
     cdef Py_ssize_t row, n, start
     cdef const int64_t[::1] src
     cdef object seq
@@ -105,7 +98,7 @@ def collate(seqs, int64_t pad_id, bint left_pad=True, Py_ssize_t pad_to=0):
         pos_p = &pos_v[0, 0]
         for row in range(batch):
             n = lens[row]
-            start = width - n if left_pad else 0
+            start = width - n
             seq = rows[row]
             if type(seq) is list or type(seq) is tuple:
                 _copy_ints(<PyObject*>seq, type(seq) is list, ids_p + row * width + start, n)
@@ -113,8 +106,7 @@ def collate(seqs, int64_t pad_id, bint left_pad=True, Py_ssize_t pad_to=0):
                 src = np.ascontiguousarray(seq, dtype=np.int64)
                 memcpy(ids_p + row * width + start, &src[0], n * sizeof(int64_t))
             _fill_row(
-                ids_p + row * width, mask_p + row * width, pos_p + row * width,
-                n, width, pad_id, left_pad,
+                ids_p + row * width, mask_p + row * width, pos_p + row * width, n, width, pad_id
             )
         return ids, mask, pos
     finally:
@@ -167,31 +159,26 @@ def filter_indices(const int64_t[::1] row_ids, const int64_t[::1] keep_ids):
 
 
 def concat_layout(const int64_t[::1] widths, const int64_t[::1] sizes):
-    """Where each batch lands when batches are concatenated (the scatter plan).
+    """Where each batch lands when batches are concatenated (the row plan).
 
-    Returns ``(row_starts, col_offsets, width)``: batch ``i`` fills rows
-    ``row_starts[i] : row_starts[i] + sizes[i]`` and, right-aligned in the common ``width``
-    (the largest), columns ``col_offsets[i]:``. ``row_starts`` has one extra final entry,
-    the total number of rows.
+    Returns ``(row_starts, width)``: batch ``i`` fills rows
+    ``row_starts[i] : row_starts[i] + sizes[i]``; ``row_starts`` has one extra final entry,
+    the total number of rows. ``width`` is the common width, the largest of ``widths``.
     """
     cdef Py_ssize_t n = widths.shape[0], i
     if sizes.shape[0] != n:
         raise ValueError(f"widths and sizes differ in length: {n} != {sizes.shape[0]}")
     starts = np.empty(n + 1, dtype=np.int64)
-    offsets = np.empty(n, dtype=np.int64)
     cdef int64_t[::1] starts_v = starts
-    cdef int64_t[::1] offsets_v = offsets
     cdef int64_t width = 0, total = 0
     with nogil:
         for i in range(n):
             if widths[i] > width:
                 width = widths[i]
-        for i in range(n):
             starts_v[i] = total
             total += sizes[i]
-            offsets_v[i] = width - widths[i]
         starts_v[n] = total
-    return starts, offsets, int(width)
+    return starts, int(width)
 
 
 def compact_plan(const int64_t[::1] keep, Py_ssize_t n_rows):

@@ -78,6 +78,24 @@ CASES = [
         "[1, 512]",
     ),
     (
+        "min_new_tokens negative",
+        _req(min_new_tokens=-1),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "sampling.min_new_tokens must be in [0, max_new_tokens], got -1",
+    ),
+    (
+        "min_new_tokens above max_new_tokens",
+        _req(max_new_tokens=4, min_new_tokens=5),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "sampling.min_new_tokens must be in [0, 4]",
+    ),
+    (
+        "min_new_tokens above the default max_new_tokens",
+        _req(min_new_tokens=17),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "must be in [0, 16] (at most max_new_tokens, 16, the model's default)",
+    ),
+    (
         "temperature < 0",
         _req(temperature=-0.1),
         grpc.StatusCode.INVALID_ARGUMENT,

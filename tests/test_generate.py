@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
 import grpc
 import pytest
 
+from eos_first import PROMPT, build_eos_first_model, serving
 from optiserve.app import ServerThread
+from optiserve.config import Config
 from optiserve_client import Client
 from optiserve_client.v1 import optiserve_pb2 as pb
 from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
-
-PROMPT = "Return the number of items in a container"
 
 
 def test_generate_returns_measured_summary(client: Client) -> None:
@@ -107,3 +110,40 @@ def test_quantize_and_benchmark_say_unimplemented(server: ServerThread) -> None:
                 call()
             assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
             assert "not implemented" in (info.value.details() or "")
+
+
+@pytest.fixture(scope="module")
+def eos_first(
+    make_config: Callable[..., Config],
+    tiny_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Client]:
+    """A client of a server whose model ends PROMPT's answer at once (EOS first), with a
+    default min_new_tokens of 2."""
+    model_dir = build_eos_first_model(tiny_model_dir, tmp_path_factory.mktemp("eos-first"))
+    with (
+        serving(make_config(default_min_new_tokens=2), model_dir) as server,
+        Client(server.target, timeout=60) as client,
+    ):
+        yield client
+
+
+def test_min_new_tokens_holds_back_an_early_eos(eos_first: Client) -> None:
+    empty = eos_first.generate(PROMPT, max_new_tokens=8, min_new_tokens=0)
+    assert (empty.text, empty.finish_reason, empty.usage.completion_tokens) == ("", "eos", 0)
+    held = eos_first.generate(PROMPT, max_new_tokens=8, min_new_tokens=5)
+    assert held.usage.completion_tokens >= 5
+    assert held.text
+    chunks = list(eos_first.stream(PROMPT, max_new_tokens=8, min_new_tokens=5))
+    assert "".join(c.text for c in chunks) == held.text
+    assert chunks[-1].completion is not None
+    assert chunks[-1].completion.usage.completion_tokens == held.usage.completion_tokens
+
+
+def test_the_model_default_min_new_tokens_applies_when_unset(eos_first: Client) -> None:
+    default = eos_first.generate(PROMPT, max_new_tokens=8)
+    assert default.usage.completion_tokens >= 2  # default_min_new_tokens = 2
+    assert default.text
+    # A request for fewer tokens than the default minimum lowers it instead of failing.
+    one = eos_first.generate(PROMPT, max_new_tokens=1)
+    assert (one.finish_reason, one.usage.completion_tokens) == ("length", 1)

@@ -17,22 +17,22 @@ Int8Array = npt.NDArray[np.int8]
 
 
 def collate(
-    seqs: Sequence[Sequence[int] | Int64Array], pad_id: int, left_pad: bool = True, pad_to: int = 0
+    seqs: Sequence[Sequence[int] | Int64Array], pad_id: int
 ) -> tuple[Int64Array, Int64Array, Int64Array]:
-    """Pad token lists into ``(input_ids, attention_mask, position_ids)``, each ``[B, L]``.
+    """Left-pad token lists into ``(input_ids, attention_mask, position_ids)``, each ``[B, L]``.
 
-    ``L = max(max(len(s)), pad_to)``. Real tokens have mask 1 and positions 0..len-1;
-    padding has ``pad_id``, mask 0 and position 0. ``left_pad`` puts padding first (the
-    layout decoder-only generation needs), otherwise last.
+    ``L = max(len(s))``. Real tokens sit at the right with mask 1 and positions 0..len-1;
+    padding (first) has ``pad_id``, mask 0 and position 0: the layout decoder-only
+    generation needs.
     """
-    width = max([len(s) for s in seqs] + [pad_to, 0])
+    width = max([len(s) for s in seqs] + [0])
     batch = len(seqs)
     ids = np.full((batch, width), pad_id, dtype=np.int64)
     mask = np.zeros((batch, width), dtype=np.int64)
     pos = np.zeros((batch, width), dtype=np.int64)
     for row, seq in enumerate(seqs):
         n = len(seq)
-        start = width - n if left_pad else 0
+        start = width - n
         for j in range(n):
             ids[row, start + j] = seq[j]
             mask[row, start + j] = 1
@@ -50,13 +50,12 @@ def filter_indices(row_ids: Int64Array, keep_ids: Int64Array) -> Int64Array:
     return np.array([i for i, r in enumerate(row_ids) if int(r) in keep], dtype=np.int64)
 
 
-def concat_layout(widths: Int64Array, sizes: Int64Array) -> tuple[Int64Array, Int64Array, int]:
-    """Where each batch lands when batches are concatenated (the scatter plan).
+def concat_layout(widths: Int64Array, sizes: Int64Array) -> tuple[Int64Array, int]:
+    """Where each batch lands when batches are concatenated (the row plan).
 
-    Returns ``(row_starts, col_offsets, width)``: batch ``i`` fills rows
-    ``row_starts[i] : row_starts[i] + sizes[i]`` and, right-aligned in the common ``width``
-    (the largest), columns ``col_offsets[i]:``. ``row_starts`` has one extra final entry,
-    the total number of rows.
+    Returns ``(row_starts, width)``: batch ``i`` fills rows
+    ``row_starts[i] : row_starts[i] + sizes[i]``; ``row_starts`` has one extra final entry,
+    the total number of rows. ``width`` is the common width, the largest of ``widths``.
     """
     if len(widths) != len(sizes):
         raise ValueError(f"widths and sizes differ in length: {len(widths)} != {len(sizes)}")
@@ -64,8 +63,7 @@ def concat_layout(widths: Int64Array, sizes: Int64Array) -> tuple[Int64Array, In
     starts = [0]
     for size in sizes:
         starts.append(starts[-1] + int(size))
-    offsets = [width - int(w) for w in widths]
-    return np.array(starts, dtype=np.int64), np.array(offsets, dtype=np.int64), width
+    return np.array(starts, dtype=np.int64), width
 
 
 def compact_plan(keep: Int64Array, n_rows: int) -> tuple[Int64Array, Int64Array, Int64Array]:

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
@@ -29,6 +28,7 @@ from optiserve.models.base import Backend
 from optiserve.models.catalogue import ModelCatalogue
 from optiserve.models.local.backend import LocalHFBackend
 from optiserve.models.local.metrics import SchedulerMetrics
+from optiserve.process_settings import apply_process_settings
 from optiserve.rpc.interceptors import ErrorInterceptor, RequestIdInterceptor
 from optiserve.rpc.servicer import OptiServeServicer
 from optiserve.service import Service
@@ -64,7 +64,8 @@ class OptiserveApp:
     async def start(self) -> int:
         """Load the models (off the event loop), start serving; return the bound port."""
         started = time.perf_counter()
-        torch.set_num_threads(self.config.engine.torch_threads)
+        # Process-wide library settings, once, before models and cache load.
+        apply_process_settings(self.config)
         for _, backend in self.backends:
             await asyncio.to_thread(backend.load)
         if self.config.cache.enabled:

@@ -15,13 +15,19 @@ build without extensions. ``IMPLEMENTATION`` says which one is in use. The funct
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from types import ModuleType
 
 from optiserve import _batching_py
 
 
+def extensions_disabled(environ: Mapping[str, str] = os.environ) -> bool:
+    """True when ``OPTISERVE_NO_EXTENSIONS`` asks for the pure-Python twins."""
+    return environ.get("OPTISERVE_NO_EXTENSIONS", "").lower() in ("1", "true", "yes")
+
+
 def _load() -> ModuleType:
-    if os.environ.get("OPTISERVE_NO_EXTENSIONS", "") in ("1", "true", "yes"):
+    if extensions_disabled():
         return _batching_py
     try:
         from optiserve import _batching
@@ -46,6 +52,7 @@ __all__ = [
     "collate",
     "compact_plan",
     "concat_layout",
+    "extensions_disabled",
     "filter_indices",
     "finish_codes",
     "match_stop_ids",

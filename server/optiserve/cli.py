@@ -8,7 +8,10 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from optiserve_client import Completion
 
 
 def _client_args(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +25,12 @@ def _generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help="the prompt text")
     parser.add_argument("--model", default="", help="model or route name (default route)")
     parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument(
+        "--min-new-tokens",
+        type=int,
+        default=None,
+        help="tokens generated before an end-of-sequence token may end the answer",
+    )
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--top-k", type=int, default=None)
@@ -54,13 +63,13 @@ def _serve(args: argparse.Namespace) -> int:
     from optiserve.config import ConfigError, load_config
     from optiserve.logs import configure_logging
 
-    env = dict(os.environ)
+    overrides: dict[str, object] = {}
     if args.host:
-        env["OPTISERVE_SERVER__HOST"] = args.host
+        overrides["server.host"] = args.host
     if args.port is not None:
-        env["OPTISERVE_SERVER__PORT"] = str(args.port)
+        overrides["server.port"] = args.port
     try:
-        config = load_config(args.config, env)
+        config = load_config(args.config, os.environ, overrides)
     except ConfigError as exc:
         print(f"optiserve: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -75,6 +84,7 @@ def _generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": args.model,
         "max_new_tokens": args.max_new_tokens,
+        "min_new_tokens": args.min_new_tokens,
         "temperature": args.temperature,
         "top_p": args.top_p,
         "top_k": args.top_k,
@@ -84,19 +94,56 @@ def _generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _empty_answer_note(done: Completion, args: argparse.Namespace) -> str | None:
+    """What to print on stderr when the answer has no visible text (None when it has).
+
+    An empty answer is a successful call (the exit code stays 0): the note says why it is
+    empty and what to try, so the command never ends silently with nothing printed.
+    """
+    if done.text.strip():
+        return None
+    what = "empty answer" if not done.text else "blank answer (whitespace only)"
+    reason = done.finish_reason
+    tokens = done.usage.cached_tokens if reason == "cached" else done.usage.completion_tokens
+    if reason == "eos":
+        hint = (
+            "try a larger --min-new-tokens or another prompt"
+            if args.min_new_tokens
+            else "try --min-new-tokens 1 or another prompt"
+        )
+    elif reason == "stop_sequence":
+        hint = "a stop string matched at once; try other --stop strings"
+    elif reason == "length":
+        hint = "try a larger --max-new-tokens"
+    elif reason == "cached":
+        hint = "the cache holds an empty answer; try --cache refresh"
+    else:
+        hint = "try another prompt"
+    return (
+        f"optiserve: {what} (finish reason: {reason} after {_plural(tokens, 'token')}, "
+        f"prompt {_plural(done.usage.prompt_tokens, 'token')}); {hint}"
+    )
+
+
 def _call(args: argparse.Namespace) -> int:
     from optiserve_client import Client
 
     with Client(args.target, api_key=args.api_key, timeout=args.timeout) as client:
+        done: Completion | None = None
         if args.command == "generate":
-            result = client.generate(args.prompt, **_generation_kwargs(args))
-            print(json.dumps(asdict(result), indent=2) if args.json else result.text)
+            done = client.generate(args.prompt, **_generation_kwargs(args))
+            print(json.dumps(asdict(done), indent=2) if args.json else done.text)
         elif args.command == "stream":
             for chunk in client.stream(args.prompt, **_generation_kwargs(args)):
                 if not args.json:
                     print(chunk.text, end="", flush=True)
                 elif chunk.completion is not None:
                     print(json.dumps(asdict(chunk.completion), indent=2))
+                done = chunk.completion or done
             if not args.json:
                 print()
         elif args.command == "models":
@@ -105,6 +152,10 @@ def _call(args: argparse.Namespace) -> int:
                 print(f"{m.name}\t{m.provider}\t{m.source}\t{m.context_length}\t{flags}")
         elif args.command == "health":
             print(client.health())
+        if done is not None and not args.json:  # JSON already carries finish reason and usage
+            note = _empty_answer_note(done, args)
+            if note:
+                print(note, file=sys.stderr)
     return 0
 
 

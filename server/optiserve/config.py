@@ -1,16 +1,27 @@
 """Typed configuration: one dataclass per concern, read from one TOML file plus environment.
 
-Precedence (last wins): the defaults below, the TOML file, environment variables.
-An environment variable ``OPTISERVE_<SECTION>__<FIELD>`` overrides one scalar field, e.g.
-``OPTISERVE_SERVER__PORT=6000`` or ``OPTISERVE_ENGINE__TORCH_THREADS=2``. Models are a
-list (``[[models]]`` in TOML) and are configured in the file only.
+Precedence (last wins): the defaults below, the TOML file, environment variables, then the
+command line's overrides. An environment variable ``OPTISERVE_<SECTION>__<FIELD>``
+overrides one scalar field, e.g. ``OPTISERVE_SERVER__PORT=6000`` or
+``OPTISERVE_ENGINE__TORCH_THREADS=2``; ``OPTISERVE_DATA_DIR`` and ``OPTISERVE_DEFAULT_MODEL``
+set the top-level keys. Models are a list (``[[models]]`` in TOML) and are configured in the
+file only.
+
+Every setting is defined once, on its dataclass: its type (choices as ``Literal``) and its
+range (in the dataclass's ``__post_init__``, see :mod:`optiserve.domain.settings`). The
+loader converts each value to the annotated type and builds the dataclasses, so every bad
+value is refused here, at start, with a :class:`ConfigError` that begins with the full
+dotted key: ``engine.max_batch_size must be >= 1, got 0``.
 
 Nothing is read at import time: call :func:`load_config`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import difflib
+import math
 import os
 import tomllib
 import types
@@ -18,17 +29,26 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from optiserve.cache.config import CacheConfig
+from optiserve.domain.settings import SettingError, at_least, between, check, choices, require
 from optiserve.models.config import DEMO_SOURCE, ModelConfig
 from optiserve.models.local.config import EngineConfig
 
 ENV_PREFIX = "OPTISERVE_"
 
+#: Log line format: one JSON object per line, or plain text.
+LogFormat = Literal["json", "text"]
+#: Lowest level logged.
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
 
 class ConfigError(ValueError):
-    """The configuration file or an environment override is invalid."""
+    """The configuration file, an environment override or a command-line override is invalid.
+
+    The message starts with the full dotted key (``models[0].dtype``) when one is to blame.
+    """
 
 
 @dataclass(frozen=True)
@@ -36,6 +56,7 @@ class ServerConfig:
     """The gRPC transport."""
 
     host: str = "127.0.0.1"
+    #: Listen port (0 = an ephemeral port).
     port: int = 50051
     #: Largest request or response message, in bytes.
     max_message_bytes: int = 4 * 1024 * 1024
@@ -49,14 +70,32 @@ class ServerConfig:
     #: Prometheus metrics port on the same host (0 = off).
     metrics_port: int = 0
 
+    def __post_init__(self) -> None:
+        require(bool(self.host.strip()), "host", "must not be empty")
+        check(
+            self,
+            {
+                "port": between(0, 65535),
+                "max_message_bytes": at_least(1),
+                "max_concurrent_rpcs": at_least(1),
+                "grace_period_s": at_least(0),
+                "drain_announce_s": at_least(0),
+                "metrics_port": between(0, 65535),
+            },
+        )
+
 
 @dataclass(frozen=True)
 class LoggingConfig:
     """Structured logs on stderr."""
 
-    level: str = "INFO"
+    #: "DEBUG", "INFO", "WARNING", "ERROR" or "CRITICAL" (any case in the file).
+    level: LogLevel = "INFO"
     #: "json" (one object per line) or "text".
-    format: str = "json"
+    format: LogFormat = "json"
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 @dataclass(frozen=True)
@@ -70,8 +109,24 @@ class Config:
     models: tuple[ModelConfig, ...] = ()
     #: Model served when a request names none (empty = the first model).
     default_model: str = ""
-    #: Where the demo model, caches and ledgers live ("" = $XDG_DATA_HOME/optiserve).
+    #: Where caches and ledgers live ("" = $XDG_DATA_HOME/optiserve).
     data_dir: str = ""
+
+    def __post_init__(self) -> None:
+        seen: dict[str, int] = {}
+        for i, m in enumerate(self.models):
+            require(
+                m.name not in seen,
+                f"models[{i}].name",
+                f"{m.name!r} is already the name of models[{seen.get(m.name)}]; names must be "
+                "unique",
+            )
+            seen[m.name] = i
+        require(
+            not self.default_model or self.default_model in seen,
+            "default_model",
+            f"{self.default_model!r} is not one of the model names {sorted(seen)}",
+        )
 
     def resolved_data_dir(self) -> Path:
         """The data directory, created if needed."""
@@ -88,61 +143,19 @@ class Config:
         return self.default_model or (self.models[0].name if self.models else "")
 
 
-#: The embedded default: the demo model, built locally on first run.
+#: The embedded default: the demo model shipped with the package.
 DEFAULT_MODELS = (
     ModelConfig(
         name="demo-llama",
         source=DEMO_SOURCE,
-        description="Demo: a tiny Llama-architecture model trained briefly on local "
-        "text at first start. Fast, small, not smart; point the config at a real model.",
+        description="Demo: a tiny Llama-architecture model (2.3 M parameters) shipped with "
+        "the package, trained briefly on Python's docstrings. Fast, small, not smart; point "
+        "the config at a real model.",
         default_max_new_tokens=48,
         max_new_tokens_cap=512,
+        default_min_new_tokens=8,
     ),
 )
-
-
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Convert a TOML or environment value to the field's annotated type."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _coerce(value, args[0], where)
-    try:
-        if annotation is bool:
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if annotation is int:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return int(value)
-        if annotation is float:
-            return float(value)
-        if annotation is str:
-            if not isinstance(value, str):
-                raise ValueError(value)
-            return value
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}") from exc
-    return value
-
-
-def _build(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - known
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
-
 
 _SECTIONS: dict[str, type[Any]] = {
     "server": ServerConfig,
@@ -150,95 +163,177 @@ _SECTIONS: dict[str, type[Any]] = {
     "engine": EngineConfig,
     "cache": CacheConfig,
 }
+_TOP_LEVEL = ("default_model", "data_dir")
 
 
-def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Read the TOML file at ``path`` (None: defaults only) and apply environment overrides."""
+def _type_name(annotation: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        annotation, getattr(annotation, "__name__", str(annotation))
+    )
+
+
+def _coerce(value: Any, annotation: Any, key: str, origin: str = "") -> Any:
+    """Convert a TOML, environment or command-line value to the field's annotated type.
+
+    Environment and command-line values arrive as strings; TOML values must already have the
+    right kind (a TOML float is not an integer, a number is not a boolean).
+    """
+    allowed = choices(annotation)
+    if allowed:
+        if isinstance(value, str):
+            for choice in allowed:
+                if isinstance(choice, str) and choice.lower() == value.lower():
+                    return choice
+        raise ConfigError(
+            f"{key} must be one of {', '.join(map(repr, allowed))}, got {value!r}{origin}"
+        )
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if type(None) in args and isinstance(value, str) and value.lower() in ("", "none"):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, origin)
+    text = isinstance(value, str)
+    result: Any = None
+    if annotation is bool:
+        if isinstance(value, bool):
+            result = value
+        elif text and value.strip().lower() in ("1", "true", "yes", "on"):
+            result = True
+        elif text and value.strip().lower() in ("0", "false", "no", "off"):
+            result = False
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            result = value
+        elif text:
+            with contextlib.suppress(ValueError):
+                result = int(value.strip())
+    elif annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            result = float(value)
+        elif text:
+            with contextlib.suppress(ValueError):
+                result = float(value.strip())
+        if result is not None and not math.isfinite(result):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}{origin}")
+    elif annotation is str:
+        result = value if text else None
+    else:  # pragma: no cover - every settings field is one of the kinds above
+        raise ConfigError(f"{key}: unsupported setting type {annotation!r}")
+    if result is None:
+        raise ConfigError(f"{key}: expected {_type_name(annotation)}, got {value!r}{origin}")
+    return result
+
+
+def _unknown(key: str, name: str, allowed: list[str], what: str = "key") -> str:
+    close = difflib.get_close_matches(name, allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{key}: unknown {what}{hint}; allowed: {', '.join(allowed)}"
+
+
+def _build(cls: type[Any], data: Any, where: str, origins: Mapping[str, str] | None = None) -> Any:
+    """The dataclass ``cls`` from the mapping ``data`` (section ``where``), checked."""
+    origins = origins or {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a table of settings, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    known = [f.name for f in fields]
+    for name in data:
+        if name not in known:
+            raise ConfigError(_unknown(f"{where}.{name}", name, known) + origins.get(name, ""))
+    for f in fields:
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and f.name not in data:
+            raise ConfigError(f"{where}.{f.name} is required")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}", origins.get(k, "")) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except SettingError as exc:
+        raise ConfigError(f"{where}.{exc.field} {exc.problem}{origins.get(exc.field, '')}") from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def load_config(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Read the TOML file at ``path`` (None: defaults only), apply environment overrides
+    (``env``, default ``os.environ``), then ``overrides`` (dotted key -> value, e.g.
+    ``{"server.port": 6000}`` from the command line).
+
+    Raises :class:`ConfigError` for anything invalid, naming the key; nothing else.
+    """
     env = os.environ if env is None else env
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    raw: dict[str, Any] = {} if path is None else _read(path)
 
-    sections: dict[str, dict[str, Any]] = {name: dict(raw.get(name, {})) for name in _SECTIONS}
+    sections: dict[str, dict[str, Any]] = {}
+    for name in _SECTIONS:
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{name}: expected a table ([{name}]), got {table!r}")
+        sections[name] = dict(table)
     top: dict[str, Any] = {k: v for k, v in raw.items() if k not in _SECTIONS and k != "models"}
-    for key, value in env.items():
-        if not key.startswith(ENV_PREFIX) or "__" not in key:
+    allowed_top = sorted([*_TOP_LEVEL, *_SECTIONS, "models"])
+    for key in top:
+        if key not in _TOP_LEVEL:
+            raise ConfigError(_unknown(key, key, allowed_top, "top-level key"))
+    origins: dict[str, dict[str, str]] = {name: {} for name in [*_SECTIONS, ""]}
+
+    for key in sorted(env):
+        if not key.startswith(ENV_PREFIX):
             continue
-        section, _, name = key[len(ENV_PREFIX) :].lower().partition("__")
+        rest = key[len(ENV_PREFIX) :].lower()
+        if "__" in rest:
+            section, _, name = rest.partition("__")
+            if section == "models":
+                raise ConfigError(
+                    f"{key}: models are configured in the file only ([[models]] tables)"
+                )
+            if section not in sections:
+                raise ConfigError(_unknown(key, section, sorted(_SECTIONS), "section"))
+            sections[section][name] = env[key]
+            origins[section][name] = f" (from {key})"
+        elif rest in _TOP_LEVEL:
+            top[rest] = env[key]
+            origins[""][rest] = f" (from {key})"
+
+    for dotted, value in (overrides or {}).items():
+        section, _, name = dotted.rpartition(".")
         if section not in sections:
-            raise ConfigError(f"{key}: unknown section {section!r}; allowed: {sorted(sections)}")
+            raise ConfigError(_unknown(dotted, section, sorted(_SECTIONS), "section"))
         sections[section][name] = value
-    for key in ("DATA_DIR", "DEFAULT_MODEL"):
-        if ENV_PREFIX + key in env:
-            top[key.lower()] = env[ENV_PREFIX + key]
+        origins[section][name] = " (from the command line)"
 
     models_raw = raw.get("models", [])
     if not isinstance(models_raw, list):
-        raise ConfigError("models must be an array of tables ([[models]])")
+        raise ConfigError(f"models: expected an array of tables ([[models]]), got {models_raw!r}")
     models = (
         tuple(_build(ModelConfig, m, f"models[{i}]") for i, m in enumerate(models_raw))
         or DEFAULT_MODELS
     )
-
-    config = Config(
-        **{name: _build(cls, sections[name], name) for name, cls in _SECTIONS.items()},
-        models=models,
-        **{k: _coerce(v, str, k) for k, v in _check_top(top).items()},
-    )
-    _validate(config)
-    return config
-
-
-def _check_top(top: dict[str, Any]) -> dict[str, Any]:
-    allowed = {"default_model", "data_dir"}
-    unknown = set(top) - allowed
-    if unknown:
-        raise ConfigError(
-            f"unknown top-level key(s) {sorted(unknown)}; allowed: "
-            f"{sorted(allowed | set(_SECTIONS) | {'models'})}"
-        )
-    return top
-
-
-def _validate(config: Config) -> None:
-    names = [m.name for m in config.models]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"model names must be unique, got {names}")
-    if config.default_model and config.default_model not in names:
-        raise ConfigError(f"default_model {config.default_model!r} is not one of {names}")
-    for m in config.models:
-        if m.dtype not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"model {m.name}: dtype must be float32, bfloat16 or float16")
-        if m.provider != "local":
-            raise ConfigError(f"model {m.name}: provider must be 'local' (remote providers: soon)")
-        if not 1 <= m.default_max_new_tokens <= m.max_new_tokens_cap:
-            raise ConfigError(
-                f"model {m.name}: need 1 <= default_max_new_tokens <= max_new_tokens_cap"
-            )
-    c = config.cache
-    if c.eviction not in ("lru", "lfu", "fifo"):
-        raise ConfigError(f"cache.eviction must be lru, lfu or fifo, got {c.eviction!r}")
-    if not 0.0 <= c.semantic_threshold <= 1.0:
-        raise ConfigError(f"cache.semantic_threshold must be in [0, 1], got {c.semantic_threshold}")
-    if c.embed_text not in ("last_user", "all_user"):
-        raise ConfigError(f"cache.embed_text must be last_user or all_user, got {c.embed_text!r}")
-    if c.embedder_quantize not in ("int8", "none"):
-        raise ConfigError(
-            f"cache.embedder_quantize must be int8 or none, got {c.embedder_quantize!r}"
-        )
-    if c.guard_threshold is not None and not 0.0 <= c.guard_threshold <= 1.0:
-        raise ConfigError(f"cache.guard_threshold must be in [0, 1], got {c.guard_threshold}")
-    if c.ttl_s < 0 or c.max_entries < 1 or c.max_bytes < 1:
-        raise ConfigError("cache.ttl_s must be >= 0; cache.max_entries and max_bytes >= 1")
-    if config.engine.torch_threads < 1:
-        raise ConfigError("engine.torch_threads must be >= 1")
-    if config.logging.format not in ("json", "text"):
-        raise ConfigError("logging.format must be 'json' or 'text'")
+    built = {
+        name: _build(cls, sections[name], name, origins[name]) for name, cls in _SECTIONS.items()
+    }
+    hints = typing.get_type_hints(Config)
+    scalars = {k: _coerce(v, hints[k], k, origins[""].get(k, "")) for k, v in top.items()}
+    try:
+        return Config(**built, models=models, **scalars)
+    except SettingError as exc:
+        raise ConfigError(f"{exc.field} {exc.problem}{origins[''].get(exc.field, '')}") from exc
 
 
 __all__ = [
@@ -248,6 +343,8 @@ __all__ = [
     "Config",
     "ConfigError",
     "EngineConfig",
+    "LogFormat",
+    "LogLevel",
     "LoggingConfig",
     "ModelConfig",
     "ServerConfig",

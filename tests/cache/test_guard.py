@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
-from optiserve.cache.guard import FEATURES, WEIGHTS_FILE, Guard, analyse, parse
+from optiserve.cache import guard as guard_module
+from optiserve.cache.guard import FEATURES, WEIGHTS_FILE, Guard, ParseMemo, analyse, parse
 
 
 @pytest.mark.parametrize(
@@ -79,3 +81,44 @@ def test_shipped_weights_load_and_decide() -> None:
 def test_direction_veto(a: str, b: str) -> None:
     assert "direction" in analyse(a, b, 0.97)[1]
     assert analyse("Python vs Java?", "Java vs Python?", 0.97)[1] == []
+
+
+def test_each_guard_memoises_its_own_parses(monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[str] = []
+    real = guard_module.parse
+
+    def counting(text: str) -> object:
+        parsed.append(text)
+        return real(text)
+
+    monkeypatch.setattr(guard_module, "parse", counting)
+    cached, asked = "How do I reset my password?", "How can I reset my password?"
+    first = Guard.load()
+    verdicts = [first.check(cached, asked, 0.97) for _ in range(3)]
+    assert parsed == [cached, asked], "each question parsed once by this guard"
+    assert len({v.reason for v in verdicts}) == 1
+    second = Guard.load()
+    second.check(cached, asked, 0.97)
+    assert parsed == [cached, asked] * 2, "no memo shared across guards (or the process)"
+    assert first.check(cached, asked, 0.97) == second.check(cached, asked, 0.97)
+
+
+def test_parse_memo_is_bounded_and_thread_safe() -> None:
+    memo = ParseMemo(max_size=8)
+    texts = [f"How do I install version {i} of tool {i % 5}?" for i in range(40)]
+
+    def work(offset: int) -> None:
+        for i in range(200):
+            text = texts[(i * 7 + offset) % len(texts)]
+            assert memo(text) == parse(text)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(memo) <= 8
+    recent = memo(texts[0])
+    for text in texts[1:8]:
+        memo(text)
+    assert memo(texts[0]) is recent, "the least recently used goes first"

@@ -28,6 +28,7 @@ def build_request(
     messages: Sequence[tuple[str, str]] | Sequence[dict[str, str]] = (),
     model: str = "",
     max_new_tokens: int | None = None,
+    min_new_tokens: int | None = None,
     temperature: float | None = None,
     top_p: float | None = None,
     top_k: int | None = None,
@@ -40,12 +41,18 @@ def build_request(
     json_schema: str = "",
     request_id: str = "",
 ) -> pb.GenerateRequest:
-    """The wire request for the keyword arguments the client methods take."""
+    """The wire request for the keyword arguments the client methods take.
+
+    Unset (None) sampling values take the server's defaults for the model.
+    ``min_new_tokens``: an end-of-sequence token cannot end the answer before that many
+    tokens (0 <= min_new_tokens <= max_new_tokens).
+    """
     if cache_mode not in _CACHE_MODES:
         raise ValueError(f"cache_mode must be one of {sorted(_CACHE_MODES)}, got {cache_mode!r}")
     sampling = pb.SamplingParams(stop=list(stop))
     for name, value in (
         ("max_new_tokens", max_new_tokens),
+        ("min_new_tokens", min_new_tokens),
         ("temperature", temperature),
         ("top_p", top_p),
         ("top_k", top_k),

@@ -4,12 +4,18 @@ The hit path embeds one short question, so speed matters more than convenience:
 
 * ``backend="onnx"`` (default when ``onnxruntime`` and ``onnx`` are installed): the encoder,
   pooling and normalisation are exported once to ONNX (cached in ``onnx_dir``, keyed by the
-  model's weights) and run by ONNX Runtime with one thread. With ``quantize="int8"``
-  (default) the MatMul weights are quantized per channel (ONNX Runtime dynamic int8).
-  Measured on a 2-core CPU over 400 Quora questions: fp32 3.1 ms p50 (cosine to torch
-  ≥ 0.99999); int8 1.7 ms p50, mean cosine 0.9946 (min 0.986) to fp32.
+  model's weights) and run by ONNX Runtime with ``threads`` intra-op threads. With
+  ``quantize="int8"`` (default) the MatMul weights are quantized per channel (ONNX Runtime
+  dynamic int8).
 * ``backend="torch"``: the BERT encoder run directly with torch (no sentence-transformers
-  wrapper): 12 ms p50 on the same CPU; the fallback when ONNX is unavailable.
+  wrapper); the fallback when ONNX is unavailable.
+
+The latency of each backend and the int8 vectors' cosine to fp32 are measured by
+``benchmarks/cache_latency.py`` (``embedder_p50_ms``, ``embedder_cosine_vs_fp32``).
+
+``threads`` applies only to what the embedder owns, its ONNX Runtime session. The torch
+fallback and the one-time ONNX export run with the process's torch threads, which the app
+sets once at start (:mod:`optiserve.process_settings`); the embedder never changes them.
 
 fp32 vectors equal sentence-transformers' ``encode(normalize_embeddings=True)`` to float
 precision (tested). Text longer than ``max_tokens`` is truncated; empty text embeds as
@@ -54,6 +60,7 @@ def onnx_available() -> bool:
 class Embedder:
     """Turns texts into L2-normalised float32 vectors of ``dim`` dimensions.
 
+    ``threads`` is the intra-op thread count of its ONNX Runtime session (nothing else).
     Thread-safe: one lock serialises forward passes (with one intra-op thread they run one
     at a time anyway).
     """
@@ -110,11 +117,8 @@ class Embedder:
     # -- loading -------------------------------------------------------------------------
 
     def _load_torch_model(self, *, eager: bool) -> Any:
-        import torch
         from transformers import AutoModel
 
-        if torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
         kwargs: dict[str, Any] = {"local_files_only": True}
         if eager:
             kwargs["attn_implementation"] = "eager"

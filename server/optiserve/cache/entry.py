@@ -67,11 +67,6 @@ class CacheResult:
     entry: CachedAnswer | None
     trace: tuple[CacheLookup, ...] = ()
 
-    @property
-    def hit(self) -> bool:
-        """True when an answer was found."""
-        return self.entry is not None
-
 
 @dataclass(frozen=True)
 class CacheStats:

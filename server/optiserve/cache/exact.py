@@ -126,19 +126,9 @@ class EntryTable:
         self._bytes -= entry.size_bytes
         return entry
 
-    def remove(self, entry_id: int) -> CacheEntry | None:
-        """Remove and return ``entry_id`` (None when absent)."""
-        with self._lock:
-            return self._pop(entry_id) if entry_id in self._entries else None
-
     def expire(self, now: float | None = None) -> list[CacheEntry]:
         """Remove and return every expired entry."""
         now = time.time() if now is None else now
         with self._lock:
             dead = [i for i, e in self._entries.items() if e.expired(now)]
             return [self._pop(i) for i in dead]
-
-    def entries(self) -> list[CacheEntry]:
-        """A snapshot of the entries, eviction order first."""
-        with self._lock:
-            return list(self._entries.values())

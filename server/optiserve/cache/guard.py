@@ -1,7 +1,8 @@
 """The false-hit guard: after a vector match, decide whether two questions mean the same.
 
 A vector match says two questions are about the same thing; it does not say they ask the
-same thing ("Is X safe?" / "Is X not safe?" are at cosine 0.97 in MiniLM space). The guard
+same thing ("Is X safe?" / "Is X not safe?" are far above the cosine threshold in MiniLM
+space). The guard
 runs two checks on the cached question and the new one:
 
 1. Hard vetoes, rules that hold whatever the training data says (QQP rarely contains these
@@ -45,10 +46,11 @@ fixed, numpy only) and reported on the other half by ``benchmarks/semantic_cache
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,11 +194,11 @@ def _sentence_start(text: str, at: int) -> bool:
     return not before or before[-1] in _SENTENCE_END
 
 
-@functools.lru_cache(maxsize=8192)
 def parse(text: str) -> _Parsed:
     """The features of one question that do not depend on the other one.
 
-    Memoised: a cached question is parsed once, not on every match it is checked against.
+    Not memoised here: each :class:`Guard` keeps a bounded memo of its own
+    (:class:`ParseMemo`).
     """
     matches = list(_TOKEN.finditer(text))
     words = tuple(_normalise_word(m.group()) for m in matches)
@@ -414,7 +416,13 @@ _EXTRA_VETOES = (
 
 def analyse(a: str, b: str, cosine: float) -> tuple[npt.NDArray[np.float64], list[str]]:
     """(the feature vector in :data:`FEATURES` order, the hard vetoes) of the pair."""
-    pa, pb = parse(a), parse(b)
+    return analyse_parsed(parse(a), parse(b), cosine)
+
+
+def analyse_parsed(
+    pa: _Parsed, pb: _Parsed, cosine: float
+) -> tuple[npt.NDArray[np.float64], list[str]]:
+    """:func:`analyse` of two questions already parsed."""
     union = pa.content | pb.content
     inter = pa.content & pb.content
     jaccard = len(inter) / len(union) if union else 1.0
@@ -447,6 +455,41 @@ def features(a: str, b: str, cosine: float) -> npt.NDArray[np.float64]:
     return analyse(a, b, cosine)[0]
 
 
+#: Questions a guard's parse memo holds at most (least recently used dropped first).
+PARSE_MEMO_SIZE = 8192
+
+
+class ParseMemo:
+    """A bounded, thread-safe memo of :func:`parse` (least recently used dropped first).
+
+    A cached question is checked against many new ones; the memo parses it once. The lock
+    guards only the dictionary: two threads that miss on the same text may both parse it
+    (same result), and no thread waits on another's parse.
+    """
+
+    def __init__(self, max_size: int = PARSE_MEMO_SIZE) -> None:
+        self.max_size = max(1, int(max_size))
+        self._items: OrderedDict[str, _Parsed] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __call__(self, text: str) -> _Parsed:
+        with self._lock:
+            parsed = self._items.get(text)
+            if parsed is not None:
+                self._items.move_to_end(text)
+                return parsed
+        parsed = parse(text)
+        with self._lock:
+            self._items[text] = parsed
+            self._items.move_to_end(text)
+            while len(self._items) > self.max_size:
+                self._items.popitem(last=False)
+        return parsed
+
+
 @dataclass(frozen=True)
 class GuardVerdict:
     """The guard's decision on one match."""
@@ -458,7 +501,10 @@ class GuardVerdict:
 
 
 class Guard:
-    """Logistic model over :func:`features`; accepts a match when p ≥ ``threshold``."""
+    """Logistic model over :func:`features`; accepts a match when p ≥ ``threshold``.
+
+    Thread-safe; parses go through the guard's own bounded memo (``memo_size`` questions).
+    """
 
     def __init__(
         self,
@@ -467,12 +513,15 @@ class Guard:
         mean: npt.NDArray[np.float64],
         scale: npt.NDArray[np.float64],
         threshold: float,
+        *,
+        memo_size: int = PARSE_MEMO_SIZE,
     ) -> None:
         self.weights = weights
         self.bias = bias
         self.mean = mean
         self.scale = scale
         self.threshold = threshold
+        self._parse = ParseMemo(memo_size)
 
     @classmethod
     def load(cls, path: str | Path = "", threshold: float | None = None) -> Guard:
@@ -490,7 +539,11 @@ class Guard:
 
     def probability(self, a: str, b: str, cosine: float) -> float:
         """Probability that ``a`` and ``b`` ask the same question."""
-        return self.probability_of(features(a, b, cosine))
+        return self.probability_of(self.analyse(a, b, cosine)[0])
+
+    def analyse(self, a: str, b: str, cosine: float) -> tuple[npt.NDArray[np.float64], list[str]]:
+        """:func:`analyse` with the parses memoised by this guard."""
+        return analyse_parsed(self._parse(a), self._parse(b), cosine)
 
     def probability_of(self, x: npt.NDArray[np.float64]) -> float:
         """Probability for a precomputed feature vector."""
@@ -499,7 +552,7 @@ class Guard:
 
     def check(self, cached_query: str, query: str, cosine: float) -> GuardVerdict:
         """Accept or reject serving ``cached_query``'s answer to ``query``."""
-        x, vetoes = analyse(cached_query, query, cosine)
+        x, vetoes = self.analyse(cached_query, query, cosine)
         p = self.probability_of(x)
         if vetoes:
             return GuardVerdict(False, p, f"reject {','.join(vetoes)} mismatch p={p:.3f}")

@@ -2,12 +2,18 @@
 
 Vectors are L2-normalised, so inner product is cosine similarity. A partition's index is
 exact (``IndexFlatIP`` behind an ``IndexIDMap2``) until it holds ``flat_max_entries``
-vectors (default 4096: one flat query over 10k vectors took 1.2 ms here, HNSW 0.33 ms), then
-it is rebuilt as HNSW (``IndexHNSWFlat``; efSearch 96 gives recall@1 0.96 at 1M vectors).
+vectors, then it is rebuilt as HNSW (``IndexHNSWFlat``). The crossover and HNSW's recall@1
+and latency are measured by ``benchmarks/index_1m.py`` (``--n``, ``--kind flat|hnsw``).
 HNSW cannot delete, so removals there are tombstones filtered out of results and the graph
 is rebuilt when a quarter of it is dead. GPU FAISS is used for flat indexes when the
-installed faiss has GPU support and a GPU is present (same answers: exact search); the log
-says which.
+installed faiss has GPU support and a GPU is present (same answers: exact search); the
+:class:`VectorIndex` owns the GPU resources and the log says which.
+
+Nothing here changes process-wide state. The OpenMP team size of FAISS calls is a setting
+of each OS thread; :func:`set_openmp_threads` is what the cache's worker threads run once
+when they start (the pool's ``initializer``). FAISS's one process-wide knob the server
+sets (``distance_compute_blas_threshold``) is applied by the app at start
+(:mod:`optiserve.process_settings`).
 """
 
 from __future__ import annotations
@@ -27,46 +33,26 @@ logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 
-_configured = False
-_gpu_resources: Any = None
-#: OpenMP threads per FAISS call (1: fastest for the cache's one-query searches).
-_omp_threads = 1
-_thread_state = threading.local()
 
+def set_openmp_threads(threads: int) -> None:
+    """Set the OpenMP team size of the FAISS calls the calling thread makes.
 
-def configure_faiss(threads: int | None = None) -> bool:
-    """Set FAISS's process-wide knobs; return True when GPU FAISS will be used.
-
-    ``threads`` (when given) is the OpenMP team size of every later FAISS call, on every
-    thread: OpenMP keeps that setting per OS thread, so :func:`use_faiss_threads` applies it
-    on each thread that searches or adds.
+    OpenMP keeps this setting per OS thread (a new thread starts at ``OMP_NUM_THREADS`` or
+    one per core), so the cache's thread pool runs this once in each worker as it starts.
+    The cache's default is one thread: a search of one query gains nothing from a team,
+    and the team's idle members spin-wait after each parallel region (perf on the server
+    under semantic hits showed libgomp's spin-wait among its top CPU samples), taking CPU
+    from the gRPC and embedding threads. Compare with ``benchmarks/cache_latency.py
+    --faiss-threads``.
     """
-    global _configured, _gpu_resources, _omp_threads
-    if threads is not None:
-        _omp_threads = max(1, int(threads))
-    use_faiss_threads()
-    if not _configured:
-        faiss.cvar.distance_compute_blas_threshold = 16
-        if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-            _gpu_resources = faiss.StandardGpuResources()
-            logger.info("semantic cache: FAISS on GPU (%d GPUs)", faiss.get_num_gpus())
-        else:
-            logger.info("semantic cache: FAISS on CPU (no GPU build or no GPU present)")
-        _configured = True
-    return _gpu_resources is not None
+    faiss.omp_set_num_threads(max(1, int(threads)))
 
 
-def use_faiss_threads() -> None:
-    """Apply the configured OpenMP team size to the calling thread (once per thread).
-
-    Without it a search on a thread-pool worker (the cache's lookups) runs with one OpenMP
-    thread per core: for a single query the extra thread only spin-waits after each
-    parallel region (perf, server under semantic hits: 9% of its CPU samples, in libgomp),
-    taking CPU from the gRPC and embedding threads.
-    """
-    if getattr(_thread_state, "threads", 0) != _omp_threads:
-        faiss.omp_set_num_threads(_omp_threads)
-        _thread_state.threads = _omp_threads
+def gpu_resources(use_gpu: bool) -> Any:
+    """New GPU FAISS resources, or None when not asked for, not built with GPU or no GPU."""
+    if use_gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        return faiss.StandardGpuResources()
+    return None
 
 
 @dataclass(frozen=True)
@@ -79,6 +65,8 @@ class IndexParams:
     hnsw_ef_search: int = 96
     hnsw_ef_construction: int = 80
     use_gpu: bool = True
+    #: Put HNSW vectors and graph on transparent huge pages (:func:`advise_huge_pages`).
+    huge_pages: bool = True
 
 
 def new_hnsw(params: IndexParams) -> faiss.Index:
@@ -114,9 +102,9 @@ def advise_huge_pages(index: faiss.Index) -> int:
     A search touches a few hundred vectors scattered over the whole index: with 4 KiB pages
     nearly each is a TLB miss. FAISS allocates with plain malloc, which the kernel's default
     THP mode ("madvise") leaves on 4 KiB pages, so the buffers are advised (MADV_HUGEPAGE)
-    and collapsed at once (MADV_COLLAPSE, Linux 6.1+; about 3 s per GiB). Measured on the
-    1M-vector index (efSearch 96, one thread, 2-core CPU): p50 0.90 -> 0.68 ms, p99 1.65 ->
-    1.29 ms, same results. Anywhere else (no Linux, older kernel) this does nothing.
+    and collapsed at once (MADV_COLLAPSE, Linux 6.1+). The effect on lookup latency is
+    measured by ``benchmarks/index_1m.py`` (run it with and without ``--no-huge-pages``);
+    the results are the same. Anywhere else (no Linux, older kernel) this does nothing.
     """
     if not sys.platform.startswith("linux"):
         return 0
@@ -151,9 +139,13 @@ def set_ef_search(index: faiss.Index, ef_search: int) -> None:
 
 
 class PartitionIndex:
-    """One partition's vectors: exact below ``flat_max_entries``, HNSW above. Thread-safe."""
+    """One partition's vectors: exact below ``flat_max_entries``, HNSW above. Thread-safe.
 
-    def __init__(self, params: IndexParams) -> None:
+    ``gpu`` is the GPU FAISS resources its flat index runs on (None: CPU); the
+    :class:`VectorIndex` that owns the partition owns them.
+    """
+
+    def __init__(self, params: IndexParams, gpu: Any = None) -> None:
         self.params = params
         self._lock = threading.Lock()
         self._vectors: dict[int, FloatArray] = {}
@@ -161,13 +153,53 @@ class PartitionIndex:
         self._hnsw = False
         #: Vectors the HNSW graph held when its memory was last put on huge pages.
         self._advised = 0
-        self._gpu = bool(params.use_gpu and configure_faiss())
+        #: Bytes of the HNSW graph put on huge pages at the last advice (0: none).
+        self.huge_page_bytes = 0
+        self._gpu_resources = gpu
+        self._gpu = gpu is not None
         self._index = self._new_flat()
+
+    @classmethod
+    def adopt(
+        cls,
+        params: IndexParams,
+        index: faiss.Index,
+        ids: npt.NDArray[np.int64],
+        vectors: FloatArray,
+    ) -> PartitionIndex:
+        """A CPU partition around an index already built from ``vectors`` under ``ids``, as
+        :meth:`add` builds one: ``new_hnsw(params)``, or an ``IndexFlatIP`` behind an
+        ``IndexIDMap2``, filled with ``add_with_ids``.
+
+        For benchmarks, which load a saved large graph instead of building it again. The
+        partition keeps views of ``vectors`` for its later rebuilds.
+        """
+        inner = faiss.downcast_index(getattr(index, "index", index))
+        hnsw = isinstance(inner, faiss.IndexHNSW)
+        if not isinstance(index, faiss.IndexIDMap2) or not (
+            hnsw or isinstance(inner, faiss.IndexFlatIP)
+        ):
+            raise ValueError(
+                "adopt takes an HNSW (new_hnsw) or IndexFlatIP index behind an IndexIDMap2"
+            )
+        if index.ntotal != len(ids) or len(ids) != len(vectors):
+            raise ValueError(
+                f"the index holds {index.ntotal} vectors; {len(ids)} ids and "
+                f"{len(vectors)} vectors were given"
+            )
+        partition = cls(params)
+        partition._vectors = {int(i): v for i, v in zip(ids, vectors, strict=True)}
+        partition._index = index
+        partition._hnsw = hnsw
+        if hnsw:
+            set_ef_search(index, params.hnsw_ef_search)
+            partition._advise_locked()
+        return partition
 
     def _new_flat(self) -> faiss.Index:
         flat = faiss.IndexFlatIP(self.params.dim)
         if self._gpu:
-            return faiss.IndexIDMap(faiss.index_cpu_to_gpu(_gpu_resources, 0, flat))
+            return faiss.IndexIDMap(faiss.index_cpu_to_gpu(self._gpu_resources, 0, flat))
         return faiss.IndexIDMap2(flat)
 
     @property
@@ -187,7 +219,6 @@ class PartitionIndex:
         """Add vectors under ids (an id already present is replaced)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.params.dim)
         ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
-        use_faiss_threads()
         with self._lock:
             present = [int(i) for i in ids if int(i) in self._vectors]
             if present:
@@ -206,7 +237,6 @@ class PartitionIndex:
 
     def remove(self, ids: list[int]) -> None:
         """Remove ids (unknown ids are ignored)."""
-        use_faiss_threads()
         with self._lock:
             self._remove_locked([i for i in ids if i in self._vectors])
 
@@ -237,12 +267,12 @@ class PartitionIndex:
 
     def _advise_locked(self) -> None:
         self._advised = max(1, len(self._vectors))
-        advise_huge_pages(self._index)
+        if self.params.huge_pages:
+            self.huge_page_bytes = advise_huge_pages(self._index)
 
     def search(self, vector: FloatArray, k: int = 1) -> list[tuple[int, float]]:
         """Up to ``k`` (id, cosine) pairs, best first."""
         query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.params.dim)
-        use_faiss_threads()
         with self._lock:
             if not self._vectors:
                 return []
@@ -260,13 +290,26 @@ class PartitionIndex:
 
 
 class VectorIndex:
-    """Partition name -> :class:`PartitionIndex`; never searches across partitions."""
+    """Partition name -> :class:`PartitionIndex`; never searches across partitions.
+
+    Owns the GPU FAISS resources its partitions' flat indexes share (when ``use_gpu`` is
+    set, the installed faiss has GPU support and a GPU is present).
+    """
 
     def __init__(self, params: IndexParams) -> None:
         self.params = params
         self._partitions: dict[str, PartitionIndex] = {}
         self._lock = threading.Lock()
-        configure_faiss()
+        self._gpu_resources = gpu_resources(params.use_gpu)
+        if self._gpu_resources is not None:
+            logger.info("semantic cache: FAISS on GPU (%d GPUs)", faiss.get_num_gpus())
+        else:
+            logger.info("semantic cache: FAISS on CPU (not asked for, no GPU build or no GPU)")
+
+    @property
+    def gpu(self) -> bool:
+        """True when flat partitions run on GPU FAISS."""
+        return self._gpu_resources is not None
 
     def __len__(self) -> int:
         return sum(len(p) for p in list(self._partitions.values()))
@@ -276,7 +319,9 @@ class VectorIndex:
         with self._lock:
             index = self._partitions.get(partition)
             if index is None:
-                index = self._partitions[partition] = PartitionIndex(self.params)
+                index = self._partitions[partition] = PartitionIndex(
+                    self.params, self._gpu_resources
+                )
         index.add(np.asarray([entry_id], dtype=np.int64), vector)
 
     def remove(self, partition: str, entry_id: int) -> None:

@@ -36,7 +36,7 @@ from optiserve.cache.embedder import Embedder
 from optiserve.cache.entry import CachedAnswer, CacheEntry, CacheResult, CacheStats
 from optiserve.cache.exact import EntryTable
 from optiserve.cache.guard import Guard
-from optiserve.cache.index import IndexParams, VectorIndex, configure_faiss
+from optiserve.cache.index import IndexParams, VectorIndex, set_openmp_threads
 from optiserve.cache.keys import RequestKeys, request_keys
 from optiserve.cache.redis_store import RedisAnswer, RedisExact
 from optiserve.cache.semantic import match
@@ -128,8 +128,14 @@ class ResponseCache:
                 use_gpu=config.use_gpu,
             )
         )
-        self._gpu = config.use_gpu and configure_faiss()
-        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cache")
+        # Every FAISS call of the cache runs on these threads; each sets its OpenMP team
+        # size once, as it starts (OpenMP keeps it per thread; see set_openmp_threads).
+        self._executor = ThreadPoolExecutor(
+            max_workers=4,
+            thread_name_prefix="cache",
+            initializer=set_openmp_threads,
+            initargs=(config.faiss_threads,),
+        )
         self._ids = itertools.count((store.max_id() if store else 0) + 1)
         self._lock = threading.Lock()
         self._counters = CacheStats()
@@ -170,7 +176,12 @@ class ResponseCache:
         if config.enabled and config.exact_enabled and config.redis_url:
             redis = RedisExact(config.redis_url, timeout_s=config.redis_timeout_s)
         cache = cls(config, store=store, embedder=embedder, guard=guard, redis=redis)
-        cache._load()
+        try:
+            # On the cache's own threads, like every other index operation.
+            cache._executor.submit(cache._load).result()
+        except BaseException:
+            cache.close()
+            raise
         return cache
 
     def _load(self) -> None:
@@ -237,9 +248,14 @@ class ResponseCache:
         return await loop.run_in_executor(self._executor, self._lookup_safe, request, quick)
 
     def lookup_sync(self, request: GenerateRequest, model: str) -> CacheResult:
-        """Blocking lookup (benchmarks, tests, threads); same semantics as :meth:`lookup`."""
+        """Blocking lookup (benchmarks, tests, threads); same semantics as :meth:`lookup`.
+
+        The slow path runs on the cache's thread pool, as :meth:`lookup`'s does.
+        """
         quick = self._lookup_fast(request, model)
-        return quick if isinstance(quick, CacheResult) else self._lookup_safe(request, quick)
+        if isinstance(quick, CacheResult):
+            return quick
+        return self._executor.submit(self._lookup_safe, request, quick).result()
 
     def _lookup_fast(self, request: GenerateRequest, model: str) -> CacheResult | RequestKeys:
         """A final answer (skipped, in-process exact hit) or the keys to look up further."""
@@ -385,9 +401,11 @@ class ResponseCache:
         cost_usd: float,
         finish_reason: FinishReason,
     ) -> None:
-        """Blocking :meth:`store` (benchmarks, tests, threads)."""
+        """Blocking :meth:`store` (benchmarks, tests, threads); runs on the cache's pool."""
         if self.should_store(request, text, finish_reason):
-            self._store_safe(request, model, text, completion_tokens, cost_usd, finish_reason)
+            self._executor.submit(
+                self._store_safe, request, model, text, completion_tokens, cost_usd, finish_reason
+            ).result()
 
     def should_store(self, request: GenerateRequest, text: str, finish: FinishReason) -> bool:
         return (
@@ -500,7 +518,7 @@ class ResponseCache:
             exact_backend="redis"
             if self._redis is not None and self._redis.available
             else "memory",
-            index_device="gpu" if self._gpu else "cpu",
+            index_device="gpu" if self._index.gpu else "cpu",
             embedder_backend=self._embedder.backend if self._embedder is not None else "",
         )
 

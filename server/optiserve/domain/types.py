@@ -20,7 +20,13 @@ class ChatMessage:
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample; ``max_new_tokens=None`` takes the model's default."""
+    """How to sample; ``max_new_tokens=None`` and ``min_new_tokens=None`` take the model's
+    defaults.
+
+    Before ``min_new_tokens`` tokens are generated, end-of-sequence tokens (and single-token
+    stops such as an end-of-turn token) cannot be chosen: their logits are masked, so the
+    model picks its best other token (like vLLM's ``min_tokens``). Stop strings still apply.
+    """
 
     max_new_tokens: int | None = None
     temperature: float = 0.0
@@ -28,6 +34,7 @@ class SamplingParams:
     top_k: int = 0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    min_new_tokens: int | None = None
 
     @property
     def greedy(self) -> bool:

@@ -26,6 +26,12 @@ def validate_request(request: GenerateRequest) -> None:
     s = request.sampling
     if s.max_new_tokens is not None and s.max_new_tokens <= 0:
         raise InvalidRequest(f"sampling.max_new_tokens must be >= 1, got {s.max_new_tokens}")
+    # The upper bound (max_new_tokens, which may be the model's default) is checked where
+    # the defaults are known: the backend's resolve_sampling.
+    if s.min_new_tokens is not None and s.min_new_tokens < 0:
+        raise InvalidRequest(
+            f"sampling.min_new_tokens must be in [0, max_new_tokens], got {s.min_new_tokens}"
+        )
     if not math.isfinite(s.temperature) or s.temperature < 0:
         raise InvalidRequest(
             f"sampling.temperature must be a finite number >= 0, got {s.temperature}"

@@ -44,9 +44,11 @@ class Backend(Protocol):
         ...
 
     def resolve_sampling(self, params: SamplingParams) -> SamplingParams:
-        """Fill ``max_new_tokens`` with the model default and check it against the cap.
+        """Fill ``max_new_tokens`` and ``min_new_tokens`` with the model's defaults; check
+        ``max_new_tokens`` against the model's cap and ``min_new_tokens`` against it.
 
-        Raises :class:`~optiserve.domain.errors.InvalidRequest` when it is out of range.
+        ``params`` passed ``validate_request`` (its shape: max >= 1, min >= 0). Raises
+        :class:`~optiserve.domain.errors.InvalidRequest` when a value is out of range.
         """
         ...
 

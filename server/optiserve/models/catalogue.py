@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from optiserve.domain.errors import ModelNotFound
 from optiserve.domain.types import ModelInfo
@@ -31,10 +32,4 @@ class ModelCatalogue:
 
     def models(self) -> list[ModelInfo]:
         """ModelInfo for every model, the default marked."""
-        from dataclasses import replace
-
         return [replace(b.info, default=n == self.default) for n, b in self._backends.items()]
-
-    def backends(self) -> list[Backend]:
-        """Every backend."""
-        return list(self._backends.values())

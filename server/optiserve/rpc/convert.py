@@ -63,6 +63,7 @@ def request_from_proto(
             top_k=s.top_k if s.HasField("top_k") else 0,
             stop=tuple(s.stop),
             seed=s.seed if s.HasField("seed") else None,
+            min_new_tokens=s.min_new_tokens if s.HasField("min_new_tokens") else None,
         ),
         cache=d.CachePolicy(
             mode=mode,

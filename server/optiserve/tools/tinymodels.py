@@ -1,10 +1,11 @@
 """Small causal LMs built on this machine, with no model hub.
 
-The demo model, the test fixtures and the benchmarks all come from here: a byte-level BPE
-tokenizer trained on local text (the docstrings of Python's standard library), a tiny
-Llama or GPT-2 from a config, optionally trained for a few hundred steps so its output is
-not noise. Everything is written with ``save_pretrained`` and loaded back through the same
-``from_pretrained`` code that loads real models.
+The test fixtures and the benchmarks build their models here, and
+:mod:`optiserve.tools.build_demo_model` builds the shipped demo model from these parts: a
+byte-level BPE tokenizer trained on local text (the docstrings of Python's standard
+library), a tiny Llama or GPT-2 from a config, optionally trained for a few hundred steps so
+its output is not noise. Everything is written with ``save_pretrained`` and loaded back
+through the same ``from_pretrained`` code that loads real models.
 """
 
 from __future__ import annotations
@@ -203,21 +204,4 @@ def build_tiny_model(path: Path, spec: TinySpec = TinySpec(), train_steps: int =
         log.info("trained tiny model", extra={"steps": train_steps, "loss": round(loss, 3)})
     model.save_pretrained(path)
     done.write_text("ok\n")
-    return path
-
-
-#: Steps of training for the demo model (the whole first start took 186 s on 2 CPU cores).
-DEMO_TRAIN_STEPS = 300
-
-
-def ensure_demo_model(data_dir: Path) -> Path:
-    """The demo model's directory under ``data_dir``, built on first use."""
-    path = data_dir / "models" / "demo-llama"
-    if not (path / ".complete").exists():
-        log.info("building the demo model (first run only)", extra={"path": str(path)})
-        build_tiny_model(
-            path,
-            TinySpec(arch="llama", hidden_size=256, layers=4, heads=4, context_length=1024),
-            train_steps=DEMO_TRAIN_STEPS,
-        )
     return path

@@ -2,55 +2,17 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
-from tiny_lm import TinyLM
+from tiny_lm import TinyLM, random_requests, run_waves
 
 from optiserve.domain.types import FinishReason, SamplingParams
 from optiserve.models.local.batch import CausalLMBatch, SequenceRequest, eos_token_ids
 
 
-def _requests(n: int, seed: int, start_id: int = 0) -> list[SequenceRequest]:
-    rng = random.Random(seed)
-    return [
-        SequenceRequest(
-            start_id + i,
-            [rng.randrange(4, 2000) for _ in range(rng.randint(1, 70))],
-            SamplingParams(max_new_tokens=rng.randint(1, 24)),
-        )
-        for i in range(n)
-    ]
-
-
-def _run_waves(lm: TinyLM, waves: list[list[SequenceRequest]]) -> dict[int, list[int]]:
-    """Admit one wave every two decode steps into a running batch; collect tokens."""
-    out: dict[int, list[int]] = {r.seq_id: [] for wave in waves for r in wave}
-    running: CausalLMBatch | None = None
-    pad = lm.tokenizer.pad_token_id
-    step = 0
-    while waves or running is not None:
-        if waves and step % 2 == 0:
-            new = CausalLMBatch.from_requests(waves.pop(0), pad, sorted(lm.eos))
-            gens = new.prefill(lm.model)
-            for g in gens:
-                out[g.seq_id].append(g.token_id)
-            kept = new.filter([g.seq_id for g in gens if g.finish is None])
-            if kept is not None:
-                running = kept if running is None else CausalLMBatch.concatenate([running, kept])
-        if running is not None:
-            gens = running.decode(lm.model)
-            for g in gens:
-                out[g.seq_id].append(g.token_id)
-            running = running.filter([g.seq_id for g in gens if g.finish is None])
-        step += 1
-    return out
-
-
 def test_greedy_batched_equals_alone(tiny_lm: TinyLM) -> None:
-    reqs = _requests(32, seed=1)
-    got = _run_waves(tiny_lm, [reqs[:5], reqs[5:6], reqs[6:20], reqs[20:]])
+    reqs = random_requests(32, seed=1)
+    got = run_waves(tiny_lm, [reqs[:5], reqs[5:6], reqs[6:20], reqs[20:]])
     for r in reqs:
         assert got[r.seq_id] == tiny_lm.reference(r.prompt_ids, r.max_new_tokens), r.seq_id
 
@@ -83,12 +45,12 @@ def test_filter_refills_slots_and_trims_width(tiny_llama: TinyLM) -> None:
 
 def test_concatenate_copies_only_the_joining_rows(tiny_llama: TinyLM) -> None:
     pad = tiny_llama.tokenizer.pad_token_id
-    running = CausalLMBatch.from_requests(_requests(6, seed=4), pad)
+    running = CausalLMBatch.from_requests(random_requests(6, seed=4), pad)
     running.prefill(tiny_llama.model)
     running.decode(tiny_llama.model)
     layer = running.cache.layers[0]
     before = layer.kbuf[:6, :, : running.width].clone()
-    new = CausalLMBatch.from_requests(_requests(2, seed=5, start_id=10), pad)
+    new = CausalLMBatch.from_requests(random_requests(2, seed=5, start_id=10), pad)
     new.prefill(tiny_llama.model)
     new_width = new.width
     merged = CausalLMBatch.concatenate([running, new])
@@ -104,7 +66,7 @@ def test_per_row_sampling_params_do_not_leak(tiny_llama: TinyLM) -> None:
     greedy = SequenceRequest(1, prompt, SamplingParams(max_new_tokens=12))
     gen = torch.Generator().manual_seed(7)
     hot = SequenceRequest(2, prompt, SamplingParams(max_new_tokens=12, temperature=1.5), gen)
-    got = _run_waves(tiny_llama, [[greedy, hot]])
+    got = run_waves(tiny_llama, [[greedy, hot]])
     assert got[1] == tiny_llama.reference(prompt, 12)
     assert len(got[2]) == 12
 
@@ -115,7 +77,7 @@ def test_seeded_sampling_is_reproducible_across_batches(tiny_llama: TinyLM) -> N
 
     def sampled(others: int) -> list[int]:
         req = SequenceRequest(0, prompt, params, torch.Generator().manual_seed(3))
-        return _run_waves(tiny_llama, [[req, *_requests(others, seed=others, start_id=1)]])[0]
+        return run_waves(tiny_llama, [[req, *random_requests(others, seed=others, start_id=1)]])[0]
 
     assert sampled(0) == sampled(0)
 
@@ -147,3 +109,61 @@ def test_contract_errors(tiny_llama: TinyLM) -> None:
     with pytest.raises(RuntimeError, match="before prefill"):
         batch.decode(tiny_llama.model)
     assert eos_token_ids(tiny_llama.model, tiny_llama.tokenizer) == sorted(tiny_llama.eos)
+
+
+def _first_greedy_tokens(lm: TinyLM, prompts: list[list[int]]) -> list[int]:
+    return [lm.reference(p, 1)[0] for p in prompts]
+
+
+def test_min_new_tokens_masks_eos_until_reached(tiny_lm: TinyLM) -> None:
+    prompt = list(range(40, 75))
+    first = tiny_lm.reference(prompt, 1)[0]
+    eos = sorted(tiny_lm.eos | {first})  # the greedy first token now ends the answer at once
+    plain = SequenceRequest(1, prompt, SamplingParams(max_new_tokens=10))
+    batch = CausalLMBatch.from_requests([plain], tiny_lm.tokenizer.pad_token_id, eos)
+    gens = batch.prefill(tiny_lm.model)
+    assert (gens[0].token_id, gens[0].finish) == (first, FinishReason.EOS)
+    held = SequenceRequest(2, prompt, SamplingParams(max_new_tokens=10, min_new_tokens=4))
+    tokens = run_waves(tiny_lm, [[held]], eos=eos)[2]
+    assert tokens[0] != first  # the best non-EOS token, not a sampled EOS ignored
+    assert not set(tokens[:4]) & set(eos)
+    assert len(tokens) >= 4
+    assert tokens == tiny_lm.reference(prompt, 10, min_new_tokens=4, eos=eos)
+
+
+def test_rows_with_different_minimums(tiny_lm: TinyLM) -> None:
+    reqs = random_requests(12, seed=31)
+    eos = sorted(tiny_lm.eos | set(_first_greedy_tokens(tiny_lm, [r.prompt_ids for r in reqs])))
+    mins = [0, 1, 3, 7, 0, 12, 2, 5, 0, 9, 4, 1]
+    reqs = [
+        SequenceRequest(r.seq_id, r.prompt_ids, SamplingParams(max_new_tokens=14, min_new_tokens=m))
+        for r, m in zip(reqs, mins, strict=True)
+    ]
+    got = run_waves(tiny_lm, [reqs[:4], reqs[4:5], reqs[5:]], eos=eos)
+    for r, m in zip(reqs, mins, strict=True):
+        want = tiny_lm.reference(r.prompt_ids, 14, min_new_tokens=m, eos=eos)
+        assert got[r.seq_id] == want, (r.seq_id, m)
+        assert len(want) >= max(m, 1)
+    assert len(got[0]) == 1  # no minimum: its first token is an end-of-sequence id
+
+
+def test_min_new_tokens_holds_for_sampled_rows_and_single_token_stops(tiny_llama: TinyLM) -> None:
+    prompt = list(range(300, 330))
+    first = tiny_llama.reference(prompt, 1)[0]
+    stop = ((first,),)  # a single-token stop (an end-of-turn token, say) is held back too
+    greedy = SequenceRequest(
+        1, prompt, SamplingParams(max_new_tokens=6, min_new_tokens=3), stop_token_ids=stop
+    )
+    hot = SamplingParams(max_new_tokens=6, min_new_tokens=6, temperature=50.0, seed=1)
+    sampled = SequenceRequest(2, prompt, hot, torch.Generator().manual_seed(1))
+    eos = sorted(set(range(4, 1500)))  # almost every token ends the answer
+    got = run_waves(tiny_llama, [[greedy, sampled]], eos=eos)
+    assert got[1][0] != first
+    assert len(got[2]) == 6 and not set(got[2]) & set(eos)
+
+
+def test_sequence_request_checks_resolved_limits() -> None:
+    with pytest.raises(ValueError, match="max_new_tokens must be resolved"):
+        SequenceRequest(1, [5], SamplingParams())
+    with pytest.raises(ValueError, match=r"min_new_tokens must be in \[0, 3\]"):
+        SequenceRequest(1, [5], SamplingParams(max_new_tokens=3, min_new_tokens=4))

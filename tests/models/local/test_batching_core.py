@@ -29,19 +29,14 @@ def _i64(values: list[int]) -> np.ndarray:
     return np.array(values, dtype=np.int64).reshape(-1)
 
 
-def _reference_collate(seqs: list[list[int]], pad: int, left: bool, pad_to: int) -> tuple:
-    width = max([len(s) for s in seqs] + [pad_to, 0])
+def _reference_collate(seqs: list[list[int]], pad: int) -> tuple:
+    width = max([len(s) for s in seqs] + [0])
     ids, mask, pos = [], [], []
     for s in seqs:
         fill = width - len(s)
-        if left:
-            ids.append([pad] * fill + s)
-            mask.append([0] * fill + [1] * len(s))
-            pos.append([0] * fill + list(range(len(s))))
-        else:
-            ids.append(s + [pad] * fill)
-            mask.append([1] * len(s) + [0] * fill)
-            pos.append(list(range(len(s))) + [0] * fill)
+        ids.append([pad] * fill + s)
+        mask.append([0] * fill + [1] * len(s))
+        pos.append([0] * fill + list(range(len(s))))
     return ids, mask, pos
 
 
@@ -50,17 +45,15 @@ def _reference_collate(seqs: list[list[int]], pad: int, left: bool, pad_to: int)
 @given(
     seqs=token_lists,
     pad=st.integers(min_value=0, max_value=INT64_MAX),
-    left=st.booleans(),
-    pad_to=st.integers(min_value=0, max_value=50),
     kind=st.sampled_from(["list", "tuple", "array"]),
 )
 def test_collate_matches_reference(
-    impl: ModuleType, seqs: list[list[int]], pad: int, left: bool, pad_to: int, kind: str
+    impl: ModuleType, seqs: list[list[int]], pad: int, kind: str
 ) -> None:
     rows = {"list": seqs, "tuple": [tuple(s) for s in seqs], "array": [_i64(s) for s in seqs]}
-    ids, mask, pos = impl.collate(rows[kind], pad, left_pad=left, pad_to=pad_to)
-    want = _reference_collate(seqs, pad, left, pad_to)
-    width = max([len(s) for s in seqs] + [pad_to, 0])
+    ids, mask, pos = impl.collate(rows[kind], pad)
+    want = _reference_collate(seqs, pad)
+    width = max([len(s) for s in seqs] + [0])
     for got, expected in zip((ids, mask, pos), want, strict=True):
         assert got.dtype == np.int64
         assert got.shape == (len(seqs), width)
@@ -71,9 +64,9 @@ def test_collate_matches_reference(
 def test_collate_empty_single_and_maximum(impl: ModuleType) -> None:
     ids, mask, pos = impl.collate([], 0)
     assert ids.shape == mask.shape == pos.shape == (0, 0)
-    ids, mask, pos = impl.collate([[]], 7, pad_to=2)
-    assert ids.tolist() == [[7, 7]]
-    assert mask.tolist() == [[0, 0]]
+    ids, mask, pos = impl.collate([[], [4]], 7)
+    assert ids.tolist() == [[7], [4]]
+    assert mask.tolist() == [[0], [1]]
     ids, _, _ = impl.collate([[INT64_MAX]], 0)
     assert ids.tolist() == [[INT64_MAX]]
     long_row = list(range(5000))
@@ -107,10 +100,9 @@ def test_filter_indices(impl: ModuleType, rows: list[int], keep: list[int]) -> N
 def test_concat_layout(impl: ModuleType, batches: list[tuple[int, int]]) -> None:
     widths = _i64([w for w, _ in batches])
     sizes = _i64([s for _, s in batches])
-    starts, offsets, width = impl.concat_layout(widths, sizes)
+    starts, width = impl.concat_layout(widths, sizes)
     assert width == max([w for w, _ in batches] + [0])
     assert starts.tolist() == [sum(s for _, s in batches[:i]) for i in range(len(batches) + 1)]
-    assert offsets.tolist() == [width - w for w, _ in batches]
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -190,12 +182,20 @@ def test_match_stop_ids_validates_shapes(impl: ModuleType) -> None:
         impl.match_stop_ids(np.zeros((1, 1), np.int64), _i64([1]), _i64([]), _i64([]), _i64([0]))
 
 
-def test_selector_exposes_every_function() -> None:
+def test_selector_exposes_the_selected_implementation() -> None:
     from optiserve import batching
 
-    for name in ("collate", "filter_indices", "concat_layout", "finish_codes", "match_stop_ids"):
-        assert callable(getattr(batching, name))
-    assert batching.IMPLEMENTATION in ("cython", "python")
+    chosen = _batching_py if batching.IMPLEMENTATION == "python" else _batching_ext
+    assert chosen is not None
+    names = [n for n in batching.__all__ if n not in ("IMPLEMENTATION", "extensions_disabled")]
+    twin_functions = [
+        name
+        for name, value in vars(_batching_py).items()
+        if callable(value) and getattr(value, "__module__", "") == _batching_py.__name__
+    ]
+    assert sorted(names) == sorted(twin_functions)  # every core function is selected
+    for name in names:
+        assert getattr(batching, name) is getattr(chosen, name), name
 
 
 @pytest.mark.parametrize("impl", IMPLS)

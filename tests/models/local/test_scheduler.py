@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import random
 import threading
 import time
@@ -194,13 +195,38 @@ async def test_invalid_requests_name_the_limits(tiny_llama: TinyLM) -> None:
             scheduler.submit(list(range(10, 90)), greedy(30))
         with pytest.raises(InvalidRequest, match="empty"):
             scheduler.submit([], greedy(3))
-        with pytest.raises(InvalidRequest, match="positive"):
-            scheduler.submit([5], SamplingParams(max_new_tokens=None))
+        for unresolved in (None, 0):  # a bug upstream (resolve_sampling), not a bad request
+            with pytest.raises(ValueError, match="resolved to an int >= 1") as info:
+                scheduler.submit([5], SamplingParams(max_new_tokens=unresolved))
+            assert not isinstance(info.value, InvalidRequest)
     with (
         running(tiny_llama, max_batch_tokens=4096) as scheduler,
         pytest.raises(InvalidRequest, match=r"context length \(512\)"),
     ):
         scheduler.submit(list(range(10, 500)), greedy(30))
+
+
+async def test_min_new_tokens_keeps_a_sequence_past_its_eos(tiny_llama: TinyLM) -> None:
+    prompt = prompts(1, seed=17, lo=12, hi=12)[0]
+    first = tiny_llama.reference(prompt, 1)[0]
+    model = WrappedModel(tiny_llama.model, lambda _: None)
+    model.generation_config = copy.deepcopy(tiny_llama.model.generation_config)
+    eos = sorted(tiny_llama.eos | {first})
+    model.generation_config.eos_token_id = eos  # the greedy first token ends the answer
+    with running(tiny_llama, model) as scheduler:
+        tokens, text, end = await collect(scheduler.submit(prompt, greedy(8)))
+        assert end is not None
+        assert (tokens, text, end.finish_reason, end.completion_tokens) == (
+            [first],
+            "",
+            FinishReason.EOS,
+            0,
+        )
+        handles = [scheduler.submit(prompt, greedy(8, min_new_tokens=m)) for m in (1, 3, 8)]
+        results = await asyncio.wait_for(asyncio.gather(*map(collect, handles)), WATCHDOG_S)
+    for m, (tokens, _, end) in zip((1, 3, 8), results, strict=True):
+        assert tokens == tiny_llama.reference(prompt, 8, min_new_tokens=m, eos=eos)
+        assert end is not None and end.completion_tokens >= m
 
 
 async def test_deadline_expiry_removes_sequence(tiny_llama: TinyLM) -> None:

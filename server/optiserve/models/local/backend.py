@@ -21,10 +21,12 @@ from optiserve.domain.errors import InvalidRequest, Unavailable
 from optiserve.domain.types import GenerateRequest, ModelInfo, ModelKind, SamplingParams
 from optiserve.models.base import BackendEvent, BackendFinish
 from optiserve.models.config import DEMO_SOURCE, ModelConfig
+from optiserve.models.demo import demo_model_dir
 from optiserve.models.local import scheduler as sched
+from optiserve.models.local.batch import eos_token_ids
 from optiserve.models.local.config import EngineConfig
 from optiserve.models.local.metrics import SchedulerMetrics
-from optiserve.tools.tinymodels import ensure_demo_model
+from optiserve.models.local.stops import TokenStops
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +55,16 @@ class LocalHFBackend:
         self._scheduler_config = scheduler_config
         self._metrics = metrics
         self._tokenizer: Any = None
+        self._stops: TokenStops | None = None
         self.scheduler: sched.Scheduler | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     @property
     def source_path(self) -> str:
-        """The hub id or directory ``from_pretrained`` loads."""
+        """The hub id or directory ``from_pretrained`` loads (``demo``: the package's)."""
         if self._config.source == DEMO_SOURCE:
-            return str(ensure_demo_model(self._data_dir))
+            return str(demo_model_dir())
         return self._config.source
 
     def load(self) -> None:
@@ -81,6 +84,7 @@ class LocalHFBackend:
             source, dtype=_DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
         )
         model = model.to(device).eval()
+        self._stops = TokenStops(self._tokenizer, eos_token_ids(model, self._tokenizer))
         self.scheduler = sched.Scheduler(
             model,
             self._tokenizer,
@@ -134,16 +138,33 @@ class LocalHFBackend:
     # -- requests --------------------------------------------------------------------------
 
     def resolve_sampling(self, params: SamplingParams) -> SamplingParams:
-        """Apply the model's default max_new_tokens and check the cap."""
+        """Apply the model's defaults (max_new_tokens, min_new_tokens) and check the model's
+        cap and min_new_tokens <= max_new_tokens.
+
+        The request's shape (max_new_tokens >= 1, min_new_tokens >= 0) was checked by
+        ``validate_request``. An unset min_new_tokens takes the model's default, lowered to
+        max_new_tokens when the request asks for fewer tokens than that default.
+        """
         cfg = self._config
-        if params.max_new_tokens is None:
-            return replace(params, max_new_tokens=cfg.default_max_new_tokens)
-        if not 1 <= params.max_new_tokens <= cfg.max_new_tokens_cap:
+        max_new = params.max_new_tokens
+        if max_new is None:
+            max_new = cfg.default_max_new_tokens
+        elif max_new > cfg.max_new_tokens_cap:
             raise InvalidRequest(
                 f"sampling.max_new_tokens must be in [1, {cfg.max_new_tokens_cap}] for model "
-                f"{cfg.name!r}, got {params.max_new_tokens}"
+                f"{cfg.name!r}, got {max_new}"
             )
-        return params
+        min_new = params.min_new_tokens
+        if min_new is None:
+            min_new = min(cfg.default_min_new_tokens, max_new)
+        elif min_new > max_new:
+            source = "" if params.max_new_tokens is not None else ", the model's default"
+            raise InvalidRequest(
+                f"sampling.min_new_tokens must be in [0, {max_new}] (at most max_new_tokens, "
+                f"{max_new}{source}) for model {cfg.name!r}, got {min_new}; lower "
+                "min_new_tokens or raise max_new_tokens"
+            )
+        return replace(params, max_new_tokens=max_new, min_new_tokens=min_new)
 
     def encode(self, request: GenerateRequest) -> list[int]:
         """Token ids of the prompt (chat template applied to messages when there is one)."""
@@ -161,11 +182,16 @@ class LocalHFBackend:
         """Generate: text deltas as they are decoded, then one BackendFinish.
 
         Tokens that arrived while the consumer was busy are coalesced into one delta (one
-        message per stream and step at most); the first token is never held back.
+        message per stream and step at most); the first token is never held back. Stop
+        strings that are special tokens, and for chat requests the template's end-of-turn
+        tokens, stop at token level (:class:`~optiserve.models.local.stops.TokenStops`).
         """
-        if self.scheduler is None:
+        if self.scheduler is None or self._stops is None:
             raise Unavailable(f"model {self._config.name!r} is not loaded yet; retry shortly")
-        handle = self.scheduler.submit(self.encode(request), request.sampling, request.deadline)
+        stop_ids = self._stops.for_request(request.sampling.stop, chat=bool(request.messages))
+        handle = self.scheduler.submit(
+            self.encode(request), request.sampling, request.deadline, stop_ids
+        )
         try:
             while events := await handle.next_events():
                 text = "".join(e.text for e in events if isinstance(e, sched.TokenEvent))

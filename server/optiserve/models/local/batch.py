@@ -18,7 +18,9 @@ Life of a batch (the scheduler drives it)::
 Neither ``filter`` nor ``concatenate`` copies or re-pads the running rows' cache: only
 rows that move or join are copied. Token bookkeeping (collation, alignment and compaction
 plans, finish and stop-id checks) is done by ``optiserve.batching`` (Cython, with a
-pure-Python twin). Models whose cache uses other layer kinds than plain ``DynamicLayer``
+pure-Python twin). A row below its ``min_new_tokens`` gets its end ids' logits (end of
+sequence, single-token stops) set to -inf before argmax or sampling, in one scatter for
+the batch. Models whose cache uses other layer kinds than plain ``DynamicLayer``
 (sliding windows, linear attention) are refused with a clear error.
 """
 
@@ -43,8 +45,11 @@ _NO_STOPS = np.zeros(0, dtype=np.int64)
 class SequenceRequest:
     """One sequence entering a batch.
 
-    ``params.max_new_tokens`` must be resolved (an int). ``stop_token_ids`` are token-level
-    stop sequences (text-level stop strings are the scheduler's job). ``generator`` seeds
+    ``params.max_new_tokens`` must be resolved to an int >= 1 and ``params.min_new_tokens``
+    (None counts as 0) must not exceed it (the backend's ``resolve_sampling`` sees to both; a
+    ValueError here is a bug, not a bad request). ``stop_token_ids`` are token-level stop
+    sequences (text-level stop strings are the scheduler's job); below ``min_new_tokens``
+    the single-token ones are masked like end-of-sequence ids. ``generator`` seeds
     sampling for this sequence; None is fine for greedy requests.
     """
 
@@ -54,12 +59,30 @@ class SequenceRequest:
     generator: torch.Generator | None = None
     stop_token_ids: tuple[tuple[int, ...], ...] = ()
 
+    def __post_init__(self) -> None:
+        limit = self.params.max_new_tokens
+        if limit is None or limit < 1:
+            raise ValueError(
+                f"sequence {self.seq_id}: params.max_new_tokens must be resolved to an int >= 1 "
+                f"before batching (resolve_sampling does it), got {limit}"
+            )
+        if not 0 <= self.min_new_tokens <= limit:
+            raise ValueError(
+                f"sequence {self.seq_id}: params.min_new_tokens must be in [0, {limit}] "
+                f"(resolve_sampling checks it), got {self.min_new_tokens}"
+            )
+
     @property
     def max_new_tokens(self) -> int:
         """The resolved generation limit."""
-        if self.params.max_new_tokens is None:
-            raise ValueError("SequenceRequest needs params.max_new_tokens resolved to an int")
-        return self.params.max_new_tokens
+        limit = self.params.max_new_tokens
+        assert limit is not None  # checked in __post_init__
+        return limit
+
+    @property
+    def min_new_tokens(self) -> int:
+        """Tokens generated before an end-of-sequence token may be chosen."""
+        return self.params.min_new_tokens or 0
 
 
 @dataclass
@@ -82,23 +105,6 @@ class Generation:
     seq_id: int
     token_id: int
     finish: FinishReason | None
-
-
-def sample_rows(
-    logits: torch.Tensor,
-    params: Sequence[SamplingParams],
-    generators: Sequence[torch.Generator | None],
-) -> list[int]:
-    """One token per row of ``logits`` ``[B, vocab]``, each row with its own parameters.
-
-    Greedy rows are decided together with one argmax; sampled rows use
-    :func:`optiserve.models.local.sampling.select_token` with their own generator.
-    """
-    chosen = torch.argmax(logits, dim=-1).tolist()
-    for row, p in enumerate(params):
-        if not p.greedy:
-            chosen[row] = select_token(logits[row], p, generators[row])
-    return [int(t) for t in chosen]
 
 
 class CausalLMBatch:
@@ -132,10 +138,12 @@ class CausalLMBatch:
         self._width = int(lengths.max()) if len(lengths) else 0
         self._generated = np.zeros(len(rows), dtype=np.int64)
         self._limits = np.array([r.request.max_new_tokens for r in rows], dtype=np.int64)
-        self._sampled = [i for i, r in enumerate(rows) if not r.request.params.greedy]
+        self._mins = np.array([r.request.min_new_tokens for r in rows], dtype=np.int64)
+        self._sampled: list[int] = []
         self._stop_plan: tuple[np.ndarray[Any, Any], ...] | None = None
         self._stop_width = 0
-        self._build_stop_plan()
+        self._end_plan: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None = None
+        self._rows_changed()
 
     # ----------------------------------------------------------------- construction
 
@@ -180,22 +188,12 @@ class CausalLMBatch:
         return self._width
 
     @property
-    def lengths(self) -> np.ndarray[Any, np.dtype[np.int64]]:
-        """Tokens of each row: those in the KV cache plus the pending input token."""
-        return self.cached + (1 if self.cache is not None else 0)
-
-    @property
     def attention_mask(self) -> torch.Tensor:
         """``[B, width]``: 1 where a row has a token (left-padded before prefill)."""
         if self._prompt_mask is not None:
             return self._prompt_mask
         cols = torch.arange(self._width, device=self.input_ids.device)
         return (cols[None, :] < torch.from_numpy(self.cached)[:, None]).long()
-
-    @property
-    def reserved_tokens(self) -> int:
-        """Tokens this batch may still need: prompt plus max_new_tokens of every row."""
-        return sum(len(r.request.prompt_ids) + r.request.max_new_tokens for r in self.rows)
 
     # ----------------------------------------------------------------- steps
 
@@ -254,6 +252,8 @@ class CausalLMBatch:
 
     def _advance(self, logits: torch.Tensor) -> list[Generation]:
         """Sample, record the new tokens and prepare the next decode's inputs."""
+        if self._end_plan is not None:
+            self._mask_ends(logits)
         chosen = torch.argmax(logits, dim=-1)
         if self._sampled:
             for i in self._sampled:
@@ -279,6 +279,47 @@ class CausalLMBatch:
                 finish = FinishReason.LENGTH
             gens.append(Generation(row.request.seq_id, token, finish))
         return gens
+
+    # ----------------------------------------------------------------- min_new_tokens
+
+    def _build_end_plan(self) -> None:
+        """Which ids each row may not choose while below its minimum (None: no row has one).
+
+        The ids are the end-of-sequence ids (every row) and each row's single-token stops;
+        ``ban[r, k]`` says whether row ``r`` bans ``ids[k]``.
+        """
+        if not len(self._mins) or int(self._mins.max()) == 0:
+            self._end_plan = None
+            return
+        eos = [int(e) for e in self.eos_ids]
+        singles = [
+            {seq[0] for seq in row.request.stop_token_ids if len(seq) == 1} for row in self.rows
+        ]
+        extra = sorted(set().union(*singles).difference(eos))
+        ids = np.array(eos + extra, dtype=np.int64)
+        if not len(ids):
+            self._end_plan = None
+            return
+        ban = np.zeros((len(self.rows), len(ids)), dtype=bool)
+        ban[:, : len(eos)] = True
+        column = {t: len(eos) + k for k, t in enumerate(extra)}
+        for r, tokens in enumerate(singles):
+            for t in tokens:
+                if t in column:
+                    ban[r, column[t]] = True
+        self._end_plan = (ids, ban)
+
+    def _mask_ends(self, logits: torch.Tensor) -> None:
+        """Set the banned ids' logits to -inf in the rows still below their minimum, so
+        greedy argmax and sampling pick the best other token (one scatter for the batch)."""
+        assert self._end_plan is not None
+        below = self._generated < self._mins
+        if not below.any():
+            return
+        ids, ban = self._end_plan
+        rows, cols = np.nonzero(ban & below[:, None])
+        where = torch.from_numpy(np.stack([rows, ids[cols]])).to(logits.device)
+        logits[where[0], where[1]] = float("-inf")
 
     # ----------------------------------------------------------------- token-level stops
 
@@ -372,12 +413,14 @@ class CausalLMBatch:
         self.cached = self.cached[order]
         self._generated = self._generated[order]
         self._limits = self._limits[order]
+        self._mins = self._mins[order]
         self.input_ids = self.input_ids[torch.from_numpy(order).to(self.input_ids.device)]
         self._rows_changed()
 
     def _rows_changed(self) -> None:
         self._sampled = [i for i, r in enumerate(self.rows) if not r.request.params.greedy]
         self._build_stop_plan()
+        self._build_end_plan()
 
     @classmethod
     @torch.inference_mode()
@@ -399,7 +442,7 @@ class CausalLMBatch:
         ordered = [base, *others]
         widths = np.array([b.width for b in ordered], dtype=np.int64)
         sizes = np.array([len(b) for b in ordered], dtype=np.int64)
-        starts, _, width = batching.concat_layout(widths, sizes)
+        starts, width = batching.concat_layout(widths, sizes)
         layers = cache_layers(base.cache)
         for layer in layers:
             layer.reserve(int(starts[-1]), width + 1, base.width)
@@ -416,6 +459,7 @@ class CausalLMBatch:
         base.cached = np.concatenate([b.cached for b in ordered])
         base._generated = np.concatenate([b._generated for b in ordered])
         base._limits = np.concatenate([b._limits for b in ordered])
+        base._mins = np.concatenate([b._mins for b in ordered])
         base.input_ids = torch.cat([b.input_ids for b in ordered], dim=0)
         base._width = width
         base._rows_changed()
@@ -445,5 +489,4 @@ __all__ = [
     "Generation",
     "SequenceRequest",
     "eos_token_ids",
-    "sample_rows",
 ]

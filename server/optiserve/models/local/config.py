@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from optiserve.domain.settings import at_least, check
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -34,14 +36,14 @@ class EngineConfig:
     max_prefill_tokens: int = 512
 
     def __post_init__(self) -> None:
-        for name, low in (
-            ("torch_threads", 1),
-            ("max_batch_size", 1),
-            ("max_batch_tokens", 2),
-            ("max_wait_ms", 0),
-            ("max_queue", 1),
-            ("max_prefill_tokens", 1),
-        ):
-            value = getattr(self, name)
-            if not value >= low:
-                raise ValueError(f"{name} must be >= {low}, got {value}")
+        check(
+            self,
+            {
+                "torch_threads": at_least(1),
+                "max_batch_size": at_least(1),
+                "max_batch_tokens": at_least(2),
+                "max_wait_ms": at_least(0),
+                "max_queue": at_least(1),
+                "max_prefill_tokens": at_least(1),
+            },
+        )

@@ -21,7 +21,8 @@ class TokenEvent:
     """One generated token and the text it completes (``""`` while text is held back).
 
     Text is detokenized incrementally and cut before any stop string; the token that ends
-    a sequence (EOS included) is delivered too, carrying any text released at the end.
+    a sequence (EOS included) is delivered too, carrying any text released at the end (an
+    end-of-sequence token's own text is never part of the answer).
     """
 
     token_id: int
@@ -33,8 +34,8 @@ class SequenceEnd:
     """The last event of a sequence: why it ended, its token counts and timings.
 
     ``completion_tokens`` counts the generated tokens without a final end-of-sequence
-    token (which is still delivered as a :class:`TokenEvent` with its id). Durations are in
-    milliseconds from submission; ``first_token_at``/``last_token_at`` are
+    token (which is still delivered as a :class:`TokenEvent` with its id). ``queued_ms`` is
+    submission to admission in milliseconds; ``first_token_at``/``last_token_at`` are
     ``time.monotonic()`` instants.
     """
 
@@ -42,8 +43,6 @@ class SequenceEnd:
     prompt_tokens: int
     completion_tokens: int
     queued_ms: float
-    ttft_ms: float
-    total_ms: float
     first_token_at: float
     last_token_at: float
 

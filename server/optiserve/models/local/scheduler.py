@@ -147,7 +147,6 @@ class Scheduler:
         self._batch: CausalLMBatch | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._stopped = False
         self._completion_rate = 0.0  # sequences/s, exponentially averaged
         self._last_completion = 0.0
         self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[SequenceHandle, Any]]] = {}
@@ -171,7 +170,6 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout)
         with self._cond:
-            self._stopped = True
             doomed = list(self._waiting) + list(self._running.values())
             self._waiting.clear()
             self._running.clear()
@@ -200,17 +198,20 @@ class Scheduler:
     ) -> SequenceHandle:
         """Queue a sequence; call from the event loop that will iterate the handle.
 
-        ``params.max_new_tokens`` must be resolved; ``deadline`` is on the
-        ``time.monotonic()`` clock. Raises InvalidRequest for prompts that cannot fit,
-        QueueFull (with ``retry_after_s``) when the waiting queue is full, and Unavailable
-        when the scheduler is not running.
+        ``params`` must be resolved by the backend (``max_new_tokens`` an int >= 1, else
+        ValueError: a bug, not a bad request); ``deadline`` is on the ``time.monotonic()``
+        clock. Raises InvalidRequest for prompts that cannot fit, QueueFull (with
+        ``retry_after_s``) when the waiting queue is full, and Unavailable when the
+        scheduler is not running.
         """
         loop = asyncio.get_running_loop()
-        max_new = params.max_new_tokens
-        if max_new is None or max_new < 1:
-            raise InvalidRequest(f"max_new_tokens must be a positive integer, got {max_new}")
         if not prompt_ids:
             raise InvalidRequest("the prompt is empty; send at least one token")
+        seq_id = next(self._ids)
+        generator = None if params.greedy else make_generator(params, self.device)
+        # Checks the invariant (resolved sampling): a ValueError here is a bug upstream.
+        request = SequenceRequest(seq_id, list(prompt_ids), params, generator, stop_token_ids)
+        max_new = request.max_new_tokens
         total = len(prompt_ids) + max_new
         if total > self.config.max_batch_tokens:
             raise InvalidRequest(
@@ -224,10 +225,7 @@ class Scheduler:
                 f"exceeds the context length ({self.context_length}) of model {self.name!r}; "
                 "shorten the prompt or lower max_new_tokens"
             )
-        seq_id = next(self._ids)
         handle = SequenceHandle(seq_id, loop)
-        generator = None if params.greedy else make_generator(params, self.device)
-        request = SequenceRequest(seq_id, list(prompt_ids), params, generator, stop_token_ids)
         detok = IncrementalDetokenizer(self._decoder, list(prompt_ids[-_PROMPT_TAIL:]))
         with self._cond:
             if self._stopping or self._thread is None:
@@ -434,9 +432,12 @@ class Scheduler:
             elif metrics:
                 metrics.inter_token.observe(now - seq.last_token)
             seq.last_token = now
-            text = seq.stop.feed(seq.detok.push(gen.token_id))
+            # An end-of-sequence token is not part of the answer (nor of completion_tokens),
+            # even when it is no special token that detokenization would skip.
+            eos = gen.finish is FinishReason.EOS
+            text = "" if eos else seq.stop.feed(seq.detok.push(gen.token_id))
             finish = FinishReason.STOP_SEQUENCE if seq.stop.stopped else gen.finish
-            if finish is not None and finish is not FinishReason.STOP_SEQUENCE:
+            if finish is not None:  # text held back for a stop string that never came
                 text += seq.stop.flush()
             if finish is None:
                 self._post(seq.handle, TokenEvent(gen.token_id, text))
@@ -459,8 +460,6 @@ class Scheduler:
             prompt_tokens=len(seq.request.prompt_ids),
             completion_tokens=seq.tokens - (finish is FinishReason.EOS),
             queued_ms=(seq.admitted - seq.submitted) * 1000.0,
-            ttft_ms=(seq.first_token - seq.submitted) * 1000.0,
-            total_ms=(now - seq.submitted) * 1000.0,
             first_token_at=seq.first_token,
             last_token_at=seq.last_token,
         )

@@ -93,7 +93,7 @@ class StopMatcher:
         return text[: len(text) - hold]
 
     def flush(self) -> str:
-        """Generation ended without a stop string: release what was held back."""
+        """Generation ended: release what was held back (nothing once a stop string matched)."""
         text, self._pending = self._pending, ""
         return "" if self.stopped else text
 
