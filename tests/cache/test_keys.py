@@ -38,6 +38,7 @@ def test_everything_else_is_in_partition() -> None:
         replace(base, sampling=SamplingParams(max_new_tokens=32, top_p=0.9)),
         replace(base, sampling=SamplingParams(max_new_tokens=32, stop=("\n",))),
         replace(base, sampling=SamplingParams(max_new_tokens=32, seed=1)),
+        replace(base, sampling=SamplingParams(max_new_tokens=32, min_new_tokens=4)),
     ]
     key = request_keys(base, "m").partition
     others = [request_keys(v, "m").partition for v in variants]

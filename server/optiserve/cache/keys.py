@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from optiserve.domain.types import ChatMessage, GenerateRequest
 
 #: Bump when the canonical form changes, so old persisted keys stop matching.
-KEY_VERSION = 1
+KEY_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -62,21 +62,14 @@ def request_keys(
     empty name in the request).
     """
     context, query, users = _split(request)
-    s = request.sampling
     partition = _digest(
         {
             "v": KEY_VERSION,
             "tenant": request.tenant,
             "model": model,
             "kind": "chat" if request.messages else "prompt",
-            "sampling": {
-                "max_new_tokens": s.max_new_tokens,
-                "temperature": s.temperature,
-                "top_p": s.top_p,
-                "top_k": s.top_k,
-                "stop": list(s.stop),
-                "seed": s.seed,
-            },
+            # Every sampling field, so a new one is part of the key without a change here.
+            "sampling": asdict(request.sampling),
             "json_schema": request.json_schema,
             "context": context,
         }
