@@ -9,7 +9,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-SOURCES := pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd proto/optiserve/v1/*.proto)
+SOURCES := pyproject.toml setup.py clients/python/pyproject.toml clients/python/setup.py \
+	$(wildcard ext/*.pyx ext/*.pxd proto/optiserve/v1/*.proto)
 
 .PHONY: serve test lint typecheck pytest setup system-deps node-deps clean
 
@@ -18,6 +19,9 @@ $(STAMP): $(SOURCES)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The exact torch first, so nothing resolves a different (CUDA) build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
+	# The client distribution first (it generates the protobuf stubs the server imports),
+	# so the server's optiserve-client==0.1.0 is satisfied by this checkout's copy.
+	$(BIN)/python -m pip install --quiet -e clients/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -52,4 +56,5 @@ pytest: $(STAMP) system-deps node-deps
 test: lint typecheck pytest
 
 clean:
-	rm -rf $(VENV) build server/optiserve/v1/*_pb2*.py* server/optiserve/*.so
+	rm -rf $(VENV) build server/optiserve/*.so \
+	  clients/python/build clients/python/optiserve_client/v1/*_pb2*.py*

@@ -1,10 +1,9 @@
-"""Build steps pyproject.toml cannot declare: the Cython extensions and the protobuf code.
+"""The build step pyproject.toml cannot declare: the Cython extensions.
 
-* The gRPC/protobuf modules (with ``.pyi`` stubs) are generated from ``proto/`` into
-  ``server/optiserve/v1/`` every time the package is built, so they are never stale and
-  never edited by hand (they are git-ignored).
-* ``ext/*.pyx`` compile to ``optiserve.<name>``; set ``OPTISERVE_BUILD_EXTENSIONS=0`` to
-  skip them (the pure-Python twins are then used at run time).
+``ext/*.pyx`` compile to ``optiserve.<name>``; set ``OPTISERVE_BUILD_EXTENSIONS=0`` to skip
+them (the pure-Python twins are then used at run time). The protobuf/gRPC code is not
+generated here: it lives in the client distribution (``optiserve_client.v1``, built by
+clients/python/setup.py), which the server imports, so one process holds one copy.
 """
 
 from __future__ import annotations
@@ -15,27 +14,6 @@ from pathlib import Path
 from setuptools import Extension, find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
-PROTO_ROOT = ROOT / "proto"
-OUT_ROOT = ROOT / "server"
-
-
-def generate_protos() -> None:
-    """Run protoc (from grpcio-tools) over every .proto under proto/."""
-    from grpc_tools import protoc
-
-    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
-    include = Path(protoc.__file__).parent / "_proto"
-    args = [
-        "protoc",
-        f"-I{PROTO_ROOT}",
-        f"-I{include}",
-        f"--python_out={OUT_ROOT}",
-        f"--pyi_out={OUT_ROOT}",
-        f"--grpc_python_out={OUT_ROOT}",
-        *protos,
-    ]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed on " + ", ".join(protos))
 
 
 def extensions() -> list[Extension]:
@@ -64,8 +42,7 @@ def extensions() -> list[Extension]:
 
 
 os.chdir(ROOT)
-generate_protos()
 setup(
-    packages=[*find_packages("server", include=["optiserve*"]), "optiserve_client"],
+    packages=find_packages("server", include=["optiserve*"]),
     ext_modules=extensions(),
 )

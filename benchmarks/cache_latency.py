@@ -100,8 +100,8 @@ def time_grpc(
     """Milliseconds per unary Generate call; checks each answer is what ``expect`` says."""
     import grpc
 
-    from optiserve.v1 import optiserve_pb2 as pb
-    from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
+    from optiserve_client.v1 import optiserve_pb2 as pb
+    from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
 
     times: list[float] = []
     with grpc.insecure_channel(target) as channel:
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from optiserve.config import Config
     from optiserve.process_settings import apply_process_settings
-    from optiserve.v1 import optiserve_pb2 as pb
+    from optiserve_client.v1 import optiserve_pb2 as pb
 
     report: dict[str, Any] = {"load_average": [round(x, 2) for x in os.getloadavg()]}
     rounds = max(1, args.rounds)

@@ -10,9 +10,9 @@ import pytest
 
 from optiserve.app import ServerThread
 from optiserve.config import Config
-from optiserve.v1 import optiserve_pb2 as pb
-from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
 from optiserve_client import Client
+from optiserve_client.v1 import optiserve_pb2 as pb
+from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
 
 
 def _call(target: str, request: pb.GenerateRequest, stream: bool = False) -> grpc.RpcError:

@@ -11,9 +11,9 @@ import pytest
 
 from optiserve.app import ServerThread
 from optiserve.config import Config
-from optiserve.v1 import optiserve_pb2 as pb
-from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
 from optiserve_client import Client, InvalidArgument, NotFound
+from optiserve_client.v1 import optiserve_pb2 as pb
+from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
 
 QUESTION = "How do I reverse a list in Python?"
 PARAPHRASE = "How can I reverse a list in Python?"

@@ -12,9 +12,9 @@ import pytest
 from optiserve.app import ServerThread
 from optiserve.config import Config
 from optiserve.models.local.backend import LocalHFBackend
-from optiserve.v1 import optiserve_pb2 as pb
-from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
 from optiserve_client import Client, ResourceExhausted
+from optiserve_client.v1 import optiserve_pb2 as pb
+from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
 
 LONG = pb.GenerateRequest(prompt="Tell me", sampling=pb.SamplingParams(max_new_tokens=480))
 

@@ -11,9 +11,9 @@ import pytest
 from eos_first import PROMPT, build_eos_first_model, serving
 from optiserve.app import ServerThread
 from optiserve.config import Config
-from optiserve.v1 import optiserve_pb2 as pb
-from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
 from optiserve_client import Client
+from optiserve_client.v1 import optiserve_pb2 as pb
+from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
 
 
 def test_generate_returns_measured_summary(client: Client) -> None:

@@ -15,30 +15,36 @@ ROOT = PACKAGE.parent.parent
 
 
 def test_generated_code_is_fresh(tmp_path: Path) -> None:
-    """The generated modules match what protoc makes from proto/ now."""
-    from grpc_tools import protoc
+    """The client's generated modules (the only copy: the server imports them) match what
+    its build step makes from proto/ now."""
+    import importlib.util
 
-    proto_root = ROOT / "proto"
-    protos = [str(p.relative_to(proto_root)) for p in proto_root.rglob("*.proto")]
-    include = Path(protoc.__file__).parent / "_proto"
-    args = [
-        "protoc",
-        f"-I{proto_root}",
-        f"-I{include}",
-        f"--python_out={tmp_path}",
-        f"--pyi_out={tmp_path}",
-        f"--grpc_python_out={tmp_path}",
-        *protos,
-    ]
-    assert protoc.main(args) == 0
-    fresh = sorted(tmp_path.rglob("*_pb2*.py*"))
-    assert fresh
+    import optiserve_client
+
+    spec = importlib.util.spec_from_file_location(
+        "optiserve_client_setup", ROOT / "clients" / "python" / "setup.py"
+    )
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)  # defines generate(); setup() runs only as a script
+    fresh = build.generate(tmp_path)
+    assert {f.name for f in fresh} >= {"optiserve_pb2.py", "optiserve_pb2.pyi"}
+    installed = Path(optiserve_client.__file__).parent
     stale = [
         str(f.relative_to(tmp_path))
         for f in fresh
-        if not filecmp.cmp(f, PACKAGE.parent / f.relative_to(tmp_path), shallow=False)
+        if not filecmp.cmp(f, installed.parent / f.relative_to(tmp_path), shallow=False)
     ]
-    assert not stale, f"generated code is stale, reinstall (pip install -e .): {stale}"
+    assert not stale, f"generated code is stale, reinstall (pip install -e clients/python): {stale}"
+
+
+def test_the_server_has_no_generated_copy() -> None:
+    """protobuf refuses the optiserve.v1 names twice in one process: the server imports the
+    client's stubs and generates none of its own."""
+    from optiserve.rpc import convert
+    from optiserve_client.v1 import optiserve_pb2
+
+    assert convert.pb is optiserve_pb2
 
 
 def test_config_is_not_read_at_import() -> None:
@@ -56,9 +62,7 @@ def test_an_upward_import_breaks_the_contracts(tmp_path: Path) -> None:
     import shutil
 
     copy = tmp_path / "src"
-    shutil.copytree(PACKAGE, copy / "optiserve", ignore=shutil.ignore_patterns("*.so", "v1"))
-    (copy / "optiserve" / "v1").mkdir()
-    (copy / "optiserve" / "v1" / "__init__.py").write_text("")
+    shutil.copytree(PACKAGE, copy / "optiserve", ignore=shutil.ignore_patterns("*.so"))
     bad = copy / "optiserve" / "domain" / "types.py"
     bad.write_text(bad.read_text() + "\nimport optiserve.service  # upward\n")
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")

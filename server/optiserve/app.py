@@ -32,8 +32,8 @@ from optiserve.process_settings import apply_process_settings
 from optiserve.rpc.interceptors import ErrorInterceptor, RequestIdInterceptor
 from optiserve.rpc.servicer import OptiServeServicer
 from optiserve.service import Service
-from optiserve.v1 import optiserve_pb2 as pb
-from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
+from optiserve_client.v1 import optiserve_pb2 as pb
+from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 

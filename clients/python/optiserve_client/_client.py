@@ -7,12 +7,12 @@ from types import TracebackType
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from optiserve.v1 import optiserve_pb2 as pb
-from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
 from optiserve_client._errors import OptiserveClientError, from_rpc_error
+from optiserve_client._health import check_method
 from optiserve_client._types import Chunk, Completion, Model
+from optiserve_client.v1 import optiserve_pb2 as pb
+from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
 
 _CACHE_MODES = {
     "default": pb.CACHE_MODE_DEFAULT,
@@ -177,9 +177,7 @@ class Client:
 
     def health(self, service: str = "") -> str:
         """The health status name, e.g. "SERVING"."""
-        stub = health_pb2_grpc.HealthStub(self._channel)
-        response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service), None)
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+        return str(self._call(check_method(self._channel), service, None))
 
 
 class AsyncClient:
@@ -250,11 +248,7 @@ class AsyncClient:
 
     async def health(self, service: str = "") -> str:
         """The health status name, e.g. "SERVING"."""
-        stub = health_pb2_grpc.HealthStub(self._channel)
-        response = await self._call(
-            stub.Check, health_pb2.HealthCheckRequest(service=service), None
-        )
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+        return str(await self._call(check_method(self._channel), service, None))
 
 
 __all__ = ["AsyncClient", "Client", "OptiserveClientError", "build_request"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from optiserve.v1 import optiserve_pb2 as pb
+from optiserve_client.v1 import optiserve_pb2 as pb
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from optiserve.accounting.usage import ModelUsage
 from optiserve.cache import CacheStats
 from optiserve.domain import types as d
 from optiserve.service import UsageReport
-from optiserve.v1 import optiserve_pb2 as pb
+from optiserve_client.v1 import optiserve_pb2 as pb
 
 _CACHE_MODES = {
     pb.CACHE_MODE_DEFAULT: d.CacheMode.DEFAULT,

@@ -12,8 +12,8 @@ from optiserve.domain.types import GenerateRequest, TextDelta
 from optiserve.rpc import convert
 from optiserve.rpc.interceptors import current_request_id
 from optiserve.service import Service
-from optiserve.v1 import optiserve_pb2 as pb
-from optiserve.v1 import optiserve_pb2_grpc as pb_grpc
+from optiserve_client.v1 import optiserve_pb2 as pb
+from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
 
 API_KEY_HEADER = "x-api-key"
 
