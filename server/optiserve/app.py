@@ -42,8 +42,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OptiServe"].full_name
 
 def build_backends(config: Config, metrics: SchedulerMetrics) -> list[tuple[str, Backend]]:
     """One backend per configured model (not loaded yet)."""
-    data_dir = config.resolved_data_dir()
-    return [(m.name, LocalHFBackend(m, data_dir, config.engine, metrics)) for m in config.models]
+    return [(m.name, LocalHFBackend(m, config.engine, metrics)) for m in config.models]
 
 
 class OptiserveApp:

@@ -29,10 +29,12 @@ import importlib
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import numpy.typing as npt
+
+from optiserve.cache.config import EmbedderQuantize
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +81,9 @@ class Embedder:
 
         if backend not in ("auto", "onnx", "torch"):
             raise ValueError(f"embedder backend must be auto, onnx or torch, not {backend!r}")
-        if quantize not in ("int8", "none"):
-            raise ValueError(f"embedder quantize must be int8 or none, not {quantize!r}")
+        if quantize not in get_args(EmbedderQuantize):
+            allowed = ", ".join(get_args(EmbedderQuantize))
+            raise ValueError(f"embedder quantize must be one of {allowed}, not {quantize!r}")
         self.quantize = quantize
         model_dir = Path(path) if path else default_model_path()
         self.path = model_dir

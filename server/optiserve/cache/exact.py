@@ -17,10 +17,12 @@ import heapq
 import threading
 import time
 from collections import OrderedDict
+from typing import get_args
 
+from optiserve.cache.config import Eviction
 from optiserve.cache.entry import CacheEntry
 
-POLICIES = ("lru", "lfu", "fifo")
+POLICIES: tuple[str, ...] = get_args(Eviction)
 
 
 class EntryTable:

@@ -40,5 +40,6 @@ def validate_request(request: GenerateRequest) -> None:
         raise InvalidRequest(f"sampling.top_p must be in (0, 1], got {s.top_p}")
     if s.top_k < 0:
         raise InvalidRequest(f"sampling.top_k must be >= 0 (0 disables it), got {s.top_k}")
+    # Validated now; the router enforces it once remote providers (which cost money) land.
     if request.max_cost_usd is not None and not request.max_cost_usd >= 0:
         raise InvalidRequest(f"budget.max_cost_usd must be >= 0, got {request.max_cost_usd}")

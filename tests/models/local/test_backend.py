@@ -22,9 +22,7 @@ PROMPT = "Return the number of items in a container"
 
 
 @pytest.fixture(scope="module")
-def loaded(
-    tiny_chat_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[LocalHFBackend, ForcedToken]]:
+def loaded(tiny_chat_dir: Path) -> Iterator[tuple[LocalHFBackend, ForcedToken]]:
     """The backend serving the tiny chat model, its model wrapped to force tokens."""
     config = ModelConfig(
         name="chat",
@@ -34,7 +32,7 @@ def loaded(
         max_new_tokens_cap=64,
         default_min_new_tokens=3,
     )
-    backend = LocalHFBackend(config, tmp_path_factory.mktemp("data"), EngineConfig())
+    backend = LocalHFBackend(config, EngineConfig())
     backend.load()
     assert backend.scheduler is not None
     forced = ForcedToken(backend.scheduler.model)

@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,8 +29,6 @@ from optiserve.models.local.stops import TokenStops
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` is cuda when a GPU is present, else cpu."""
@@ -46,12 +43,10 @@ class LocalHFBackend:
     def __init__(
         self,
         config: ModelConfig,
-        data_dir: Path,
         scheduler_config: EngineConfig,
         metrics: SchedulerMetrics | None = None,
     ) -> None:
         self._config = config
-        self._data_dir = data_dir
         self._scheduler_config = scheduler_config
         self._metrics = metrics
         self._tokenizer: Any = None
@@ -81,7 +76,9 @@ class LocalHFBackend:
         )
         device = resolve_device(cfg.device)
         model: Any = AutoModelForCausalLM.from_pretrained(
-            source, dtype=_DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
+            source,
+            dtype=getattr(torch, cfg.dtype),  # the Dtype literals are torch dtype names
+            trust_remote_code=cfg.trust_remote_code,
         )
         model = model.to(device).eval()
         self._stops = TokenStops(self._tokenizer, eos_token_ids(model, self._tokenizer))
