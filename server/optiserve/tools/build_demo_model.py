@@ -62,6 +62,7 @@ from optiserve.tools.tinymodels import (
     TinySpec,
     build_model,
     build_tokenizer,
+    stdlib_modules,
 )
 
 log = logging.getLogger(__name__)
@@ -146,20 +147,8 @@ def _first_sentence(text: str, limit: int = 240) -> str:
 
 def _modules() -> Iterator[Any]:
     """Importable standard-library modules and sub-modules, in a fixed order."""
-    names = sorted(
-        m.name
-        for m in pkgutil.iter_modules()
-        if m.name in sys.stdlib_module_names
-        and m.name not in _SKIP_PACKAGES
-        and not m.name.startswith(("_", "test"))
-    )
-    for name in names:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                module = importlib.import_module(name)
-        except Exception:  # a stdlib module that fails to import here is skipped
-            continue
+    for module in stdlib_modules(_SKIP_PACKAGES):
+        name = module.__name__
         yield module
         for sub in sorted(
             pkgutil.iter_modules(getattr(module, "__path__", None) or []), key=lambda m: m.name

@@ -16,8 +16,10 @@ import pkgutil
 import random
 import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -52,15 +54,14 @@ _SIDE_EFFECT_MODULES = frozenset(
 )
 
 
-def local_corpus(max_chars: int = 2_000_000) -> list[str]:
-    """English text available offline: docstrings of the Python standard library."""
-    texts: list[str] = []
-    total = 0
+def stdlib_modules(skip: frozenset[str] = _SIDE_EFFECT_MODULES) -> Iterator[ModuleType]:
+    """The importable top-level standard-library modules, by name, except ``skip`` and
+    private or test modules (a module that fails to import here is skipped)."""
     names = sorted(
         m.name
         for m in pkgutil.iter_modules()
         if m.name in sys.stdlib_module_names
-        and m.name not in _SIDE_EFFECT_MODULES
+        and m.name not in skip
         and not m.name.startswith(("_", "test"))
     )
     for name in names:
@@ -68,8 +69,16 @@ def local_corpus(max_chars: int = 2_000_000) -> list[str]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 module = importlib.import_module(name)
-        except Exception:  # any stdlib module that fails to import is skipped
+        except Exception:
             continue
+        yield module
+
+
+def local_corpus(max_chars: int = 2_000_000) -> list[str]:
+    """English text available offline: docstrings of the Python standard library."""
+    texts: list[str] = []
+    total = 0
+    for module in stdlib_modules():
         for obj in [module, *vars(module).values()]:
             doc = getattr(obj, "__doc__", None)
             if isinstance(doc, str) and len(doc) > 80:
