@@ -83,8 +83,8 @@ def request(question: str, mode: CacheMode = CacheMode.DEFAULT) -> GenerateReque
         request_id="b",
         messages=(ChatMessage("user", question),),
         model=MODEL,
-        # What the pipeline stores and looks up after the model resolves the sampling.
-        sampling=SamplingParams(max_new_tokens=SERVER_MAX_NEW_TOKENS),
+        # What the service stores and looks up after the model resolves the sampling.
+        sampling=SamplingParams(max_new_tokens=SERVER_MAX_NEW_TOKENS, min_new_tokens=0),
         cache=CachePolicy(mode=mode),
     )
 
