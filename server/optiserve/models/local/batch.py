@@ -26,6 +26,7 @@ the batch. Models whose cache uses other layer kinds than plain ``DynamicLayer``
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,6 +136,8 @@ class CausalLMBatch:
         self.cached = lengths
         self.eos_ids = np.array(sorted(set(eos_ids)), dtype=np.int64)
         self.cache: Any = None
+        #: How the model takes the KV cache (set at prefill, see :func:`cache_argument`).
+        self._cache_arg = "past_key_values"
         self._width = int(lengths.max()) if len(lengths) else 0
         self._generated = np.zeros(len(rows), dtype=np.int64)
         self._limits = np.array([r.request.max_new_tokens for r in rows], dtype=np.int64)
@@ -203,6 +206,7 @@ class CausalLMBatch:
         if self._prompt_mask is None:
             raise RuntimeError("prefill called twice")
         cache = new_cache(model)
+        self._cache_arg = cache_argument(model)
         align = torch.from_numpy(batching.align_index(self.cached, self._width))
         for layer in cache_layers(cache):
             layer.align = align.to(self.input_ids.device)
@@ -210,7 +214,7 @@ class CausalLMBatch:
             input_ids=self.input_ids,
             attention_mask=self._prompt_mask,
             position_ids=self._prompt_positions,
-            past_key_values=cache,
+            **{self._cache_arg: cache},
             use_cache=True,
             logits_to_keep=1,
         )
@@ -243,7 +247,7 @@ class CausalLMBatch:
             # A ready 4D mask skips transformers' mask building; other kernels get 2D.
             attention_mask=mask[:, None, None, :] if self._sdpa else mask.long(),
             position_ids=cached[:, None],
-            past_key_values=self.cache,
+            **{self._cache_arg: self.cache},
             use_cache=True,
         )
         self.cached = self.cached + 1
@@ -468,6 +472,16 @@ class CausalLMBatch:
         for b in others:
             b.rows = []
         return base
+
+
+def cache_argument(model: Any) -> str:
+    """The name under which ``model`` takes the KV cache: ``cache`` in recent transformers
+    (where ``past_key_values`` is deprecated and warns), else ``past_key_values`` (older
+    releases, remote-code models, wrappers whose ``forward`` is not inspectable)."""
+    forward = getattr(model, "forward", None)
+    if forward is None:
+        return "past_key_values"
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
