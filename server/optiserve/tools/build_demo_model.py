@@ -63,6 +63,7 @@ from optiserve.tools.tinymodels import (
     build_model,
     build_tokenizer,
     stdlib_modules,
+    token_stream,
 )
 
 log = logging.getLogger(__name__)
@@ -282,14 +283,7 @@ def build(out: Path, steps: int, seed: int, threads: int) -> dict[str, Any]:
         role_tokens=ROLE_TOKENS,
         chat_template=DEMO_CHAT_TEMPLATE,
     )
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(out)
-    ids: list[int] = []
-    for text in texts:
-        ids.extend(tok(text)["input_ids"])
-        ids.append(tok.eos_token_id)
-    stream = torch.tensor(ids, dtype=torch.long)
+    stream = token_stream(out, texts)
     model = build_model(TinySpec(**{**vars(DEMO_SPEC), "seed": seed}), out)
     prepared_s = time.perf_counter() - started
     losses = train(model, stream, steps, seed)
@@ -302,7 +296,7 @@ def build(out: Path, steps: int, seed: int, threads: int) -> dict[str, Any]:
         "threads": threads,
         "parameters": sum(p.numel() for p in model.parameters()),
         "corpus_texts": counts,
-        "corpus_tokens": len(ids),
+        "corpus_tokens": len(stream),
         "loss_per_100_steps": losses,
         "prepare_s": round(prepared_s, 1),
         "train_s": round(trained_s, 1),

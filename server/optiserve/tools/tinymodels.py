@@ -172,6 +172,19 @@ def build_model(spec: TinySpec, tokenizer_path: Path) -> Any:
     raise ValueError(f"unknown arch {spec.arch!r}; allowed: llama, gpt2")
 
 
+def token_stream(tokenizer_path: Path, texts: list[str]) -> torch.Tensor:
+    """The texts tokenized with the tokenizer saved at ``tokenizer_path``, each followed by
+    its end-of-sequence id, as one long tensor of training tokens."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_path)
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tok(text)["input_ids"])
+        ids.append(tok.eos_token_id)
+    return torch.tensor(ids, dtype=torch.long)
+
+
 def train_briefly(
     model: torch.nn.Module,
     tokenizer_path: Path,
@@ -183,14 +196,7 @@ def train_briefly(
     seed: int = 0,
 ) -> float:
     """Train ``model`` on ``corpus`` for ``steps`` steps; return the last loss."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_path)
-    stream: list[int] = []
-    for text in corpus:
-        stream.extend(tok(text)["input_ids"])
-        stream.append(tok.eos_token_id)
-    data = torch.tensor(stream, dtype=torch.long)
+    data = token_stream(tokenizer_path, corpus)
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
