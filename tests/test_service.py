@@ -23,7 +23,7 @@ from optiserve.domain.types import (
     StreamEnd,
     TextDelta,
 )
-from optiserve.models.base import BackendEvent, BackendFinish
+from optiserve.models.base import BackendDelta, BackendEvent, BackendFinish, BackendStart
 from optiserve.models.catalogue import ModelCatalogue
 from optiserve.service import Service
 
@@ -59,8 +59,9 @@ class ScriptedBackend:
             raise self.fail
         words = request.prompt.split()[::-1]
         first = time.monotonic()
+        yield BackendStart(len(words))
         for word in words:
-            yield word + " "
+            yield BackendDelta(word + " ", 1)
         yield BackendFinish(FinishReason.EOS, len(words), len(words), 0.0, first, time.monotonic())
 
 

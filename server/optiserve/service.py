@@ -37,7 +37,7 @@ from optiserve.domain.types import (
     Usage,
 )
 from optiserve.domain.validation import validate_request
-from optiserve.models.base import BackendFinish
+from optiserve.models.base import BackendDelta, BackendFinish
 from optiserve.models.catalogue import ModelCatalogue
 
 log = logging.getLogger(__name__)
@@ -108,9 +108,9 @@ class Service:
                     self._usage.record(name, summary, hit=None)
                     self._store_later(request, name, "".join(parts), item)
                     yield StreamEnd(summary)
-                elif item:
-                    parts.append(item)
-                    yield TextDelta(item)
+                elif isinstance(item, BackendDelta) and item.text:
+                    parts.append(item.text)
+                    yield TextDelta(item.text)
         except OptiserveError:
             self._usage.record_error(name)
             raise

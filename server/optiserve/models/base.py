@@ -10,6 +10,22 @@ from optiserve.domain.types import FinishReason, GenerateRequest, ModelInfo, Sam
 
 
 @dataclass(frozen=True)
+class BackendStart:
+    """The prompt was accepted by the model: its measured size, before any output."""
+
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class BackendDelta:
+    """Output of one or more tokens: their text (may be ``""`` while text is held back,
+    e.g. for a stop string) and how many tokens of the answer it accounts for."""
+
+    text: str
+    tokens: int
+
+
+@dataclass(frozen=True)
 class BackendFinish:
     """How a backend's generation ended, with its measured figures."""
 
@@ -23,8 +39,11 @@ class BackendFinish:
     cost_usd: float = 0.0
 
 
-BackendEvent = str | BackendFinish
-"""A backend yields text deltas (``str``), then exactly one :class:`BackendFinish`."""
+BackendEvent = BackendStart | BackendDelta | BackendFinish
+"""A backend yields one :class:`BackendStart`, then :class:`BackendDelta` events, then
+exactly one :class:`BackendFinish` (whose counts are authoritative). A stream cut short
+(cancelled, deadline, failure) ends without the finish; the start and the deltas already
+yielded are what was spent, and are accounted as such."""
 
 
 class Backend(Protocol):
@@ -54,7 +73,7 @@ class Backend(Protocol):
 
     def stream(self, request: GenerateRequest) -> AsyncIterator[BackendEvent]:
         """Generate for ``request`` (sampling already resolved by :meth:`resolve_sampling`):
-        text deltas, then a BackendFinish.
+        a BackendStart, deltas, then a BackendFinish (see :data:`BackendEvent`).
 
         Raises domain errors (InvalidRequest for a too-long prompt, QueueFull, ...). Closing
         the iterator early (client gone, deadline) stops the generation.

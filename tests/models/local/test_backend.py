@@ -11,7 +11,7 @@ from tiny_lm import ForcedToken
 
 from optiserve.domain.errors import InvalidRequest
 from optiserve.domain.types import ChatMessage, FinishReason, GenerateRequest, SamplingParams
-from optiserve.models.base import BackendFinish
+from optiserve.models.base import BackendDelta, BackendFinish
 from optiserve.models.config import ModelConfig
 from optiserve.models.local.backend import LocalHFBackend
 from optiserve.models.local.config import EngineConfig
@@ -69,7 +69,8 @@ async def _run(
     async for item in backend.stream(request):
         if isinstance(item, BackendFinish):
             return "".join(parts), item
-        parts.append(item)
+        if isinstance(item, BackendDelta):
+            parts.append(item.text)
     raise AssertionError("the stream ended without a BackendFinish")
 
 

@@ -17,8 +17,14 @@ from typing import Any
 import torch
 
 from optiserve.domain.errors import InvalidRequest, Unavailable
-from optiserve.domain.types import GenerateRequest, ModelInfo, ModelKind, SamplingParams
-from optiserve.models.base import BackendEvent, BackendFinish
+from optiserve.domain.types import (
+    FinishReason,
+    GenerateRequest,
+    ModelInfo,
+    ModelKind,
+    SamplingParams,
+)
+from optiserve.models.base import BackendDelta, BackendEvent, BackendFinish, BackendStart
 from optiserve.models.config import DEMO_SOURCE, ModelConfig
 from optiserve.models.demo import demo_model_dir
 from optiserve.models.local import scheduler as sched
@@ -176,7 +182,7 @@ class LocalHFBackend:
         return list(tok(request.prompt)["input_ids"])
 
     async def stream(self, request: GenerateRequest) -> AsyncIterator[BackendEvent]:
-        """Generate: text deltas as they are decoded, then one BackendFinish.
+        """Generate: a BackendStart, deltas as tokens are decoded, then one BackendFinish.
 
         Tokens that arrived while the consumer was busy are coalesced into one delta (one
         message per stream and step at most); the first token is never held back. Stop
@@ -186,23 +192,27 @@ class LocalHFBackend:
         if self.scheduler is None or self._stops is None:
             raise Unavailable(f"model {self._config.name!r} is not loaded yet; retry shortly")
         stop_ids = self._stops.for_request(request.sampling.stop, chat=bool(request.messages))
-        handle = self.scheduler.submit(
-            self.encode(request), request.sampling, request.deadline, stop_ids
-        )
+        prompt_ids = self.encode(request)
+        handle = self.scheduler.submit(prompt_ids, request.sampling, request.deadline, stop_ids)
         try:
+            yield BackendStart(prompt_tokens=len(prompt_ids))
             while events := await handle.next_events():
-                text = "".join(e.text for e in events if isinstance(e, sched.TokenEvent))
-                if text:
-                    yield text
                 event = events[-1]
-                if isinstance(event, sched.SequenceEnd):
+                end = event if isinstance(event, sched.SequenceEnd) else None
+                tokens = [e for e in events if isinstance(e, sched.TokenEvent)]
+                text = "".join(e.text for e in tokens)
+                # The end-of-sequence token is delivered but is not part of the answer.
+                count = len(tokens) - int(end is not None and end.finish_reason is FinishReason.EOS)
+                if text or count:
+                    yield BackendDelta(text, count)
+                if end is not None:
                     yield BackendFinish(
-                        finish_reason=event.finish_reason,
-                        prompt_tokens=event.prompt_tokens,
-                        completion_tokens=event.completion_tokens,
-                        queued_ms=event.queued_ms,
-                        first_token_at=event.first_token_at,
-                        last_token_at=event.last_token_at,
+                        finish_reason=end.finish_reason,
+                        prompt_tokens=end.prompt_tokens,
+                        completion_tokens=end.completion_tokens,
+                        queued_ms=end.queued_ms,
+                        first_token_at=end.first_token_at,
+                        last_token_at=end.last_token_at,
                     )
                     return
         finally:
