@@ -53,6 +53,9 @@ class ScriptedBackend:
             raise InvalidRequest("sampling.max_new_tokens must be in [1, 64]")
         return params
 
+    def check_input(self, request: GenerateRequest) -> None:
+        pass
+
     async def stream(self, request: GenerateRequest) -> AsyncIterator[BackendEvent]:
         self.calls += 1
         if self.fail is not None:

@@ -90,6 +90,7 @@ class Service:
         validate_policy(request.cache)
         name, backend, route_reason = self._catalogue.resolve(request.model)
         request = replace(request, sampling=backend.resolve_sampling(request.sampling))
+        backend.check_input(request)
         lookups: tuple[CacheLookup, ...] = ()
         if self._cache is not None:
             result = await self._cache.lookup(request, name)

@@ -71,6 +71,11 @@ class Backend(Protocol):
         """
         ...
 
+    def check_input(self, request: GenerateRequest) -> None:
+        """Refuse input that cannot fit, cheaply and before any other work (no tokenizing
+        on the event loop): raises :class:`~optiserve.domain.errors.InvalidRequest`."""
+        ...
+
     def stream(self, request: GenerateRequest) -> AsyncIterator[BackendEvent]:
         """Generate for ``request`` (sampling already resolved by :meth:`resolve_sampling`):
         a BackendStart, deltas, then a BackendFinish (see :data:`BackendEvent`).

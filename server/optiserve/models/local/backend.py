@@ -169,6 +169,9 @@ class LocalHFBackend:
             )
         return replace(params, max_new_tokens=max_new, min_new_tokens=min_new)
 
+    def check_input(self, request: GenerateRequest) -> None:
+        """Cheap size checks before any work (see the Backend protocol)."""
+
     def encode(self, request: GenerateRequest) -> list[int]:
         """Token ids of the prompt (chat template applied to messages when there is one)."""
         tok = self._tokenizer
