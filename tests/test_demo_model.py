@@ -54,6 +54,7 @@ def test_default_config_answers_a_greeting(demo_server: ServerThread) -> None:
     with Client(demo_server.target, timeout=60) as client:
         (info,) = client.list_models()
         assert info.demo and info.default and info.name == "demo-llama"
+        assert (info.default_max_new_tokens, info.max_new_tokens_cap) == (48, 512)
         result = client.generate("Hello, who are you?")
         assert result.text.strip()
         assert result.usage.completion_tokens >= 8  # the demo's default min_new_tokens

@@ -90,6 +90,9 @@ def test_list_models_and_usage(client: Client) -> None:
     assert [m.name for m in models] == ["tiny"]
     assert models[0].default and not models[0].demo
     assert models[0].context_length == 512
+    # Each model's caps are listed (the session model: default 16, cap 512).
+    assert (models[0].default_max_new_tokens, models[0].max_new_tokens_cap) == (16, 512)
+    assert not models[0].structured_output
     before = client.usage().total
     client.generate(PROMPT, max_new_tokens=3)
     after = client.usage()

@@ -98,6 +98,11 @@ class Model:
     default: bool
     context_length: int
     description: str
+    #: The largest max_new_tokens the model accepts, and what an unset one means.
+    max_new_tokens_cap: int = 0
+    default_max_new_tokens: int = 0
+    #: True when the model honours a json_schema.
+    structured_output: bool = False
 
     @classmethod
     def from_proto(cls, m: pb.ModelInfo) -> Model:
@@ -111,4 +116,7 @@ class Model:
             default=m.default,
             context_length=m.context_length,
             description=m.description,
+            max_new_tokens_cap=m.max_new_tokens_cap,
+            default_max_new_tokens=m.default_max_new_tokens,
+            structured_output=m.structured_output,
         )

@@ -205,3 +205,8 @@ class ModelInfo:
     output_price_per_mtok: float = 0.0
     quantization: str = "none"
     default: bool = False
+    #: The largest max_new_tokens accepted, and what an unset one means (0: not known).
+    max_new_tokens_cap: int = 0
+    default_max_new_tokens: int = 0
+    #: True when the model honours a request's json_schema.
+    structured_output: bool = False

@@ -137,6 +137,9 @@ def model_info_to_proto(m: d.ModelInfo) -> pb.ModelInfo:
         output_price_per_mtok=m.output_price_per_mtok,
         quantization=m.quantization,
         default=m.default,
+        max_new_tokens_cap=m.max_new_tokens_cap,
+        default_max_new_tokens=m.default_max_new_tokens,
+        structured_output=m.structured_output,
     )
 
 

@@ -136,6 +136,8 @@ class LocalHFBackend:
             demo=cfg.source == DEMO_SOURCE,
             description=cfg.description,
             quantization="none" if cfg.dtype == "float32" else cfg.dtype,
+            max_new_tokens_cap=cfg.max_new_tokens_cap,
+            default_max_new_tokens=cfg.default_max_new_tokens,
         )
 
     # -- requests --------------------------------------------------------------------------
