@@ -197,3 +197,43 @@ def test_restart_keeps_committed_entries(
             assert paraphrase.text == original.text
     finally:
         second.stop()
+
+
+DEGENERATE = ["\x00", " ", "  ", "\t", "\n", "\x01", "???", "...", "!!!", "😀", "🎉🎉"]
+
+
+def _trace(target: str, prompt: str, max_new_tokens: int) -> pb.GenerateResponse:
+    """A raw Generate: the client's Completion leaves the trace's ``detail`` out."""
+    request = pb.GenerateRequest(
+        prompt=prompt,
+        # min = max: an answer is never empty (an empty one is not cached).
+        sampling=pb.SamplingParams(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens),
+    )
+    with grpc.insecure_channel(target) as channel:
+        response: pb.GenerateResponse = pb_grpc.OptiServeStub(channel).Generate(request, timeout=60)
+    return response
+
+
+def test_degenerate_prompts_skip_the_semantic_layer(
+    cache_server: ServerThread, settle: Callable[[], None]
+) -> None:
+    """Prompts without letters or digits embed alike (cosine ~1): none may be served
+    another's answer; each repeat is still an exact hit."""
+    first: dict[str, str] = {}
+    for prompt in DEGENERATE:
+        response = _trace(cache_server.target, prompt, 7)
+        settle()
+        assert response.summary.provider == "local", (prompt, response.summary.trace)
+        semantic = [c for c in response.summary.trace.cache if c.layer == pb.CACHE_LAYER_SEMANTIC]
+        assert [c.outcome for c in semantic] == [pb.CACHE_OUTCOME_SKIPPED], prompt
+        assert "no letters or digits" in semantic[0].detail
+        first[prompt] = response.text
+    # An empty answer is never cached (the tiny model's answer to an emoji may be empty).
+    assert sum(1 for text in first.values() if text) >= len(DEGENERATE) - 2, first
+    for prompt in (p for p in DEGENERATE if first[p]):
+        again = _trace(cache_server.target, prompt, 7)
+        assert again.summary.provider == "cache", (prompt, first[prompt])
+        assert again.text == first[prompt]
+        assert [(c.layer, c.outcome) for c in again.summary.trace.cache] == [
+            (pb.CACHE_LAYER_EXACT, pb.CACHE_OUTCOME_HIT)
+        ]

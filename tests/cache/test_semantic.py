@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,3 +173,38 @@ async def test_lookup_and_store_do_not_block_the_event_loop(
     await cache.lookup(chat("How can I reset my password?"), "m")
     task.cancel()
     assert ticks >= 20  # the loop kept running through 0.4 s of embedding
+
+
+DEGENERATE = ("\x00", " ", "\t\n", "\x01", "???", "...", "😀", "🎉🎉", "ᚠᛇᚻ", "ℵ ?")
+
+
+def test_semantic_eligibility_rule(embedder: Embedder) -> None:
+    from optiserve.cache.eligibility import NO_KNOWN_WORDS, NO_LETTERS, semantic_skip_reason
+
+    for text in ("\x00", " ", "", "\t\n", "???", "...", "😀", "🎉🎉", "—–"):
+        assert semantic_skip_reason(text, embedder) == NO_LETTERS, repr(text)
+        assert semantic_skip_reason(text) == NO_LETTERS, repr(text)
+    for text in ("ᚠᛇᚻ", "ℵ ?"):  # letters, but every word an unknown token
+        assert semantic_skip_reason(text, embedder) == NO_KNOWN_WORDS, repr(text)
+    for text in ("a", "42", "x²", "中文", "How do I reset my password?", "???a"):
+        assert semantic_skip_reason(text, embedder) == "", repr(text)
+
+
+async def test_degenerate_questions_are_exact_only(make_cache: Factory, tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    for i, text in enumerate(DEGENERATE):
+        await cache.store(chat(text), "m", f"answer {i}", 1, 0.0, FinishReason.EOS)
+    for opened in (cache, make_cache(tmp_path)):  # and after a restart (index rebuilt)
+        for i, text in enumerate(DEGENERATE):
+            exact = await opened.lookup(chat(text), "m")
+            assert exact.entry is not None and exact.entry.text == f"answer {i}", repr(text)
+            assert exact.entry.layer is CacheLayer.EXACT
+        for text in ("\x02", "  ", "!!!", "🙂", "ᚱ"):
+            result = await opened.lookup(chat(text, threshold=0.0), "m")
+            assert result.entry is None, (text, result.trace)
+            assert result.trace[-1].outcome is CacheOutcome.SKIPPED
+            assert result.trace[-1].detail.startswith("semantic layer skipped: ")
+        # None of them is in the index: a real question finds nothing even at threshold 0.
+        real = await opened.lookup(chat("What is a list?", threshold=0.0), "m")
+        assert real.entry is None
+        assert real.trace[-1].detail == "no entry in this partition"

@@ -13,6 +13,7 @@ Public surface (what the request pipeline uses)::
 Modules: ``keys`` (partition and exact hash), ``exact`` (bounded entry table, LRU/LFU/FIFO,
 TTL), ``redis_store`` (shared exact layer), ``embedder`` (MiniLM via ONNX Runtime or torch),
 ``index`` (FAISS per partition), ``guard`` (false-hit verifier), ``semantic`` (match + guard),
+``eligibility`` (which questions the semantic layer skips),
 ``store`` (SQLite WAL), ``response_cache`` (the facade), ``config``.
 """
 

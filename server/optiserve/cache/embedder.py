@@ -92,6 +92,7 @@ class Embedder:
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._tokenizer.enable_truncation(max_length=self.max_tokens)
         self._tokenizer.no_padding()
+        self._unknown = str(getattr(self._tokenizer.model, "unk_token", "[UNK]"))
         self._lock = threading.Lock()
         self._session: Any = None
         self._model: Any = None
@@ -232,6 +233,16 @@ class Embedder:
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` takes (after truncation, with [CLS]/[SEP])."""
         return len(self._tokenizer.encode(text or "").ids)
+
+    def informative_tokens(self, text: str) -> int:
+        """Tokens of ``text`` that are known words with a letter or digit (not [CLS], [SEP],
+        [UNK] or punctuation): 0 means the vector says nothing about the text."""
+        encoding = self._tokenizer.encode(text or "")
+        return sum(
+            1
+            for token, special in zip(encoding.tokens, encoding.special_tokens_mask, strict=True)
+            if not special and token != self._unknown and any(c.isalnum() for c in token)
+        )
 
     def _encode(self, texts: list[str]) -> tuple[IntArray, IntArray]:
         encodings = self._tokenizer.encode_batch([t or "" for t in texts])

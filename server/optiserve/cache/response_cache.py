@@ -16,7 +16,9 @@ ONLY_IF_CACHED     yes       no      the caller raises CacheMiss on a miss
                                      (:func:`require_hit`)
 =================  ========  ======  =================================================
 
-Only temperature-0 requests are cached unless ``only_temperature_zero`` is off.
+Only temperature-0 requests are cached unless ``only_temperature_zero`` is off. Questions
+whose embedding says nothing (no letters or digits, no known word) are exact only: see
+:mod:`optiserve.cache.eligibility`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from optiserve.cache.config import CacheConfig
+from optiserve.cache.eligibility import semantic_skip_reason
 from optiserve.cache.embedder import Embedder
 from optiserve.cache.entry import CachedAnswer, CacheEntry, CacheResult, CacheStats
 from optiserve.cache.exact import EntryTable
@@ -193,8 +196,17 @@ class ResponseCache:
         expired = [e.entry_id for e in entries if e.expired(now)]
         live = [e for e in entries if not e.expired(now)]
         if self._embedder is not None:
+            embedder = self._embedder
+            # Questions the semantic layer skips are exact only: never in the index.
+            skip = {e.entry_id for e in live if semantic_skip_reason(e.query, embedder)}
+            for e in live:
+                if e.entry_id in skip:
+                    e.vector = None
             missing = [
-                e for e in live if e.vector is None or e.vector.shape[0] != self._embedder.dim
+                e
+                for e in live
+                if e.entry_id not in skip
+                and (e.vector is None or e.vector.shape[0] != embedder.dim)
             ]
             if missing:
                 vectors = self._embedder.embed_many([e.query for e in missing])
@@ -300,6 +312,11 @@ class ResponseCache:
             else:
                 trace.append(CacheLookup(CacheLayer.EXACT, CacheOutcome.MISS))
         if self._embedder is None or not self.config.semantic_enabled:
+            self._count(misses=1)
+            return CacheResult(None, tuple(trace))
+        skip = semantic_skip_reason(keys.query, self._embedder)
+        if skip:
+            trace.append(CacheLookup(CacheLayer.SEMANTIC, CacheOutcome.SKIPPED, detail=skip))
             self._count(misses=1)
             return CacheResult(None, tuple(trace))
         threshold = request.cache.semantic_threshold
@@ -445,8 +462,13 @@ class ResponseCache:
         ttl = request.cache.ttl_s if request.cache.ttl_s is not None else self.config.ttl_s
         now = time.time()
         vector = None
-        if self._embedder is not None and self.config.semantic_enabled:
-            vector = self._embedder.embed(keys.query)
+        embedder = self._embedder
+        if (
+            embedder is not None
+            and self.config.semantic_enabled
+            and not semantic_skip_reason(keys.query, embedder)
+        ):
+            vector = embedder.embed(keys.query)
         entry = CacheEntry(
             entry_id=next(self._ids),
             partition=keys.partition,
