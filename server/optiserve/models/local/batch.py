@@ -20,8 +20,14 @@ rows that move or join are copied. Token bookkeeping (collation, alignment and c
 plans, finish and stop-id checks) is done by ``optiserve.batching`` (Cython, with a
 pure-Python twin). A row below its ``min_new_tokens`` gets its end ids' logits (end of
 sequence, single-token stops) set to -inf before argmax or sampling, in one scatter for
-the batch. Models whose cache uses other layer kinds than plain ``DynamicLayer``
-(sliding windows, linear attention) are refused with a clear error.
+the batch.
+
+Failures are kept apart: a row whose token cannot be chosen (its sampling raises, or its
+scores are NaN or all ``-inf``) gets a :class:`Generation` carrying the error, and the
+other rows go on; a failed forward pass raises :class:`ForwardError`, leaving the batch
+as it was before the step (so the step can be retried). Models whose cache uses other
+layer kinds than plain ``DynamicLayer`` (sliding windows, linear attention) are refused
+with a clear error.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import torch
 from optiserve import batching
 from optiserve.domain.types import FinishReason, SamplingParams
 from optiserve.models.local.kv_slots import cache_layers, new_cache, row_capacity
-from optiserve.models.local.sampling import select_token
+from optiserve.models.local.sampling import SamplingError, is_greedy, select_token
 
 _NO_STOPS = np.zeros(0, dtype=np.int64)
 
@@ -100,12 +106,28 @@ class Generation:
 
     ``finish`` is set when the token ends the sequence at token level (an end-of-sequence
     id, the length limit, or a token-level stop sequence); the sequence must then be
-    filtered out of the batch.
+    filtered out of the batch. ``error`` is set when no token could be chosen for this
+    sequence (``token_id`` is then meaningless): the sequence has failed, alone, and must
+    be filtered out too.
     """
 
     seq_id: int
     token_id: int
     finish: FinishReason | None
+    error: Exception | None = None
+
+
+class ForwardError(RuntimeError):
+    """The model's forward pass raised (the original exception is ``__cause__``).
+
+    Raised before the batch changed: its cache, positions and per-row state are as they
+    were before the step, so the same step may be run again.
+    """
+
+    def __init__(self, step: str, cause: Exception) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.step = step
+        self.__cause__ = cause
 
 
 class CausalLMBatch:
@@ -210,14 +232,17 @@ class CausalLMBatch:
         align = torch.from_numpy(batching.align_index(self.cached, self._width))
         for layer in cache_layers(cache):
             layer.align = align.to(self.input_ids.device)
-        out = model(
-            input_ids=self.input_ids,
-            attention_mask=self._prompt_mask,
-            position_ids=self._prompt_positions,
-            **{self._cache_arg: cache},
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        try:
+            out = model(
+                input_ids=self.input_ids,
+                attention_mask=self._prompt_mask,
+                position_ids=self._prompt_positions,
+                **{self._cache_arg: cache},
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        except Exception as exc:
+            raise ForwardError("prefill", exc) from exc
         self.cache = cache
         self._prompt_mask = self._prompt_positions = None
         self._sdpa = getattr(model.config, "_attn_implementation", None) == "sdpa"
@@ -242,27 +267,37 @@ class CausalLMBatch:
             layer.width_after = width + 1
         cols = torch.arange(width + 1, device=device)
         mask = cols[None, :] <= cached[:, None]
-        out = model(
-            input_ids=self.input_ids,
-            # A ready 4D mask skips transformers' mask building; other kernels get 2D.
-            attention_mask=mask[:, None, None, :] if self._sdpa else mask.long(),
-            position_ids=cached[:, None],
-            **{self._cache_arg: self.cache},
-            use_cache=True,
-        )
+        try:
+            out = model(
+                input_ids=self.input_ids,
+                # A ready 4D mask skips transformers' mask building; other kernels get 2D.
+                attention_mask=mask[:, None, None, :] if self._sdpa else mask.long(),
+                position_ids=cached[:, None],
+                **{self._cache_arg: self.cache},
+                use_cache=True,
+            )
+        except Exception as exc:  # the cache's writes so far are redone by a retry
+            raise ForwardError("decode", exc) from exc
         self.cached = self.cached + 1
         self._width = width + 1
         return self._advance(out.logits[:, -1, :])
 
     def _advance(self, logits: torch.Tensor) -> list[Generation]:
-        """Sample, record the new tokens and prepare the next decode's inputs."""
+        """Sample, record the new tokens and prepare the next decode's inputs.
+
+        A row whose token cannot be chosen gets its error in its Generation; the other
+        rows are not affected.
+        """
         if self._end_plan is not None:
             self._mask_ends(logits)
         chosen = torch.argmax(logits, dim=-1)
-        if self._sampled:
-            for i in self._sampled:
-                req = self.rows[i].request
+        errors = self._greedy_errors(logits, chosen)
+        for i in self._sampled:
+            req = self.rows[i].request
+            try:
                 chosen[i] = select_token(logits[i], req.params, req.generator)
+            except Exception as exc:  # this row's failure, not the batch's
+                errors[i] = exc
         tokens: list[int] = chosen.tolist()
         for row, token in zip(self.rows, tokens, strict=True):
             row.generated.append(token)
@@ -281,8 +316,27 @@ class CausalLMBatch:
                 finish = FinishReason.STOP_SEQUENCE
             elif code == 2:
                 finish = FinishReason.LENGTH
-            gens.append(Generation(row.request.seq_id, token, finish))
+            gens.append(Generation(row.request.seq_id, token, finish, errors.get(i)))
         return gens
+
+    def _greedy_errors(self, logits: torch.Tensor, chosen: torch.Tensor) -> dict[int, Exception]:
+        """Rows whose argmax is no token: NaN scores (argmax picks a NaN) or all ``-inf``.
+
+        One gather of the chosen scores and one check for the batch; sampled rows are
+        checked by :func:`select_token`.
+        """
+        best = logits.gather(1, chosen[:, None])
+        bad = torch.isnan(best) | torch.isneginf(best)
+        if not bool(bad.any()):
+            return {}
+        errors: dict[int, Exception] = {}
+        for i in bad.squeeze(1).nonzero().flatten().tolist():
+            errors[i] = SamplingError(
+                "the model's scores for this sequence are NaN"
+                if bool(torch.isnan(best[i]))
+                else "every token's score is -inf: no token can be chosen"
+            )
+        return errors
 
     # ----------------------------------------------------------------- min_new_tokens
 
@@ -422,7 +476,7 @@ class CausalLMBatch:
         self._rows_changed()
 
     def _rows_changed(self) -> None:
-        self._sampled = [i for i, r in enumerate(self.rows) if not r.request.params.greedy]
+        self._sampled = [i for i, r in enumerate(self.rows) if not is_greedy(r.request.params)]
         self._build_stop_plan()
         self._build_end_plan()
 
@@ -500,6 +554,7 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
 
 __all__ = [
     "CausalLMBatch",
+    "ForwardError",
     "Generation",
     "SequenceRequest",
     "eos_token_ids",

@@ -43,7 +43,10 @@ class SchedulerMetrics:
     * ``optiserve_scheduler_time_to_first_token_seconds`` (histogram): submit to first token;
     * ``optiserve_scheduler_inter_token_latency_seconds`` (histogram): between tokens;
     * ``optiserve_scheduler_queue_wait_seconds`` (histogram): submit to admission;
-    * ``optiserve_scheduler_step_failures_total`` (counter): steps where the model raised.
+    * ``optiserve_scheduler_step_failures_total`` (counter): steps where the model raised
+      (a retried step counts each time);
+    * ``optiserve_scheduler_sequence_failures_total`` (counter): sequences failed alone
+      (their sampling, detokenizing or stop matching raised).
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -99,6 +102,12 @@ class SchedulerMetrics:
             labels,
             registry=registry,
         )
+        self.row_failures = Counter(
+            prefix + "sequence_failures",
+            "Sequences failed alone by their own per-token work.",
+            labels,
+            registry=registry,
+        )
 
     def bind(self, model: str) -> BoundMetrics:
         """The instruments with the ``model`` label filled in."""
@@ -118,3 +127,4 @@ class BoundMetrics:
         self.inter_token: Any = metrics.inter_token.labels(model)
         self.queue_wait: Any = metrics.queue_wait.labels(model)
         self.step_failures: Any = metrics.step_failures.labels(model)
+        self.row_failures: Any = metrics.row_failures.labels(model)

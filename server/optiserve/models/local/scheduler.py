@@ -16,14 +16,26 @@ runs this loop::
         detokenize, match stop strings, deliver events, filter finished sequences
 
 Admission is strictly FIFO (the head of the queue is never overtaken), so no request
-starves: its wait is bounded by the work queued before it. A model exception in a step
-fails that step's sequences with :class:`~optiserve.domain.errors.Unavailable` and the loop goes
-on. Tokens reach each asyncio consumer through ``loop.call_soon_threadsafe``, once per
-step per event loop.
+starves: its wait is bounded by the work queued before it. Tokens reach each asyncio
+consumer through ``loop.call_soon_threadsafe``, once per step per event loop.
+
+A failure fails only the sequences it can be pinned on, and the loop goes on:
+
+* per-row work (choosing the token, detokenizing, matching stop strings) that raises
+  fails that sequence alone; the rest of the batch continues
+  (:mod:`~optiserve.models.local.rows`);
+* a prefill of several requests that fails is redone one request at a time, so only a
+  request whose prefill fails alone fails;
+* a decode step that fails is retried once (the batch is unchanged by a failed forward
+  pass); failing again, it fails the running sequences.
+
+A failure that a retry would meet again is INTERNAL and says so; only running out of
+memory (load-dependent) is UNAVAILABLE with "retry" (see :func:`rows.step_error`).
 
 Events a :class:`SequenceHandle` yields, in order: zero or more :class:`TokenEvent`, then
 exactly one :class:`SequenceEnd`; or it raises the domain error that ended the sequence
-(:class:`~optiserve.domain.errors.Unavailable`, :class:`~optiserve.domain.errors.DeadlineExceeded`).
+(:class:`~optiserve.domain.errors.OptiserveError` for an internal error,
+:class:`~optiserve.domain.errors.Unavailable`, :class:`~optiserve.domain.errors.DeadlineExceeded`).
 """
 
 from __future__ import annotations
@@ -45,7 +57,13 @@ from optiserve.domain.errors import (
     Unavailable,
 )
 from optiserve.domain.types import FinishReason, SamplingParams
-from optiserve.models.local.batch import CausalLMBatch, Generation, SequenceRequest, eos_token_ids
+from optiserve.models.local.batch import (
+    CausalLMBatch,
+    ForwardError,
+    Generation,
+    SequenceRequest,
+    eos_token_ids,
+)
 from optiserve.models.local.config import EngineConfig
 from optiserve.models.local.events import (
     SequenceEnd,
@@ -55,52 +73,19 @@ from optiserve.models.local.events import (
     deliver,
 )
 from optiserve.models.local.metrics import BoundMetrics, SchedulerMetrics
-from optiserve.models.local.sampling import make_generator
-from optiserve.models.local.text import IncrementalDetokenizer, StopMatcher, fast_decoder
+from optiserve.models.local.rows import (
+    RowFailure,
+    SequenceState,
+    row_error,
+    step_error,
+)
+from optiserve.models.local.sampling import is_greedy, make_generator
+from optiserve.models.local.text import IncrementalDetokenizer, fast_decoder
 
 log = logging.getLogger(__name__)
 
 #: Prompt tokens that seed each sequence's detokenizer (for correct leading spaces).
 _PROMPT_TAIL = 4
-
-
-class _Sequence:
-    """Worker-side state of one sequence."""
-
-    __slots__ = (
-        "admitted",
-        "deadline",
-        "detok",
-        "first_token",
-        "handle",
-        "last_token",
-        "request",
-        "stop",
-        "submitted",
-        "tokens",
-    )
-
-    def __init__(
-        self,
-        request: SequenceRequest,
-        handle: SequenceHandle,
-        deadline: float | None,
-        detok: IncrementalDetokenizer,
-    ) -> None:
-        self.request = request
-        self.handle = handle
-        self.deadline = deadline
-        self.detok = detok
-        self.stop = StopMatcher(request.params.stop)
-        self.submitted = time.monotonic()
-        self.admitted = 0.0
-        self.first_token = 0.0
-        self.last_token = 0.0
-        self.tokens = 0
-
-    @property
-    def reserved(self) -> int:
-        return len(self.request.prompt_ids) + self.request.max_new_tokens
 
 
 def _context_length(model: Any) -> int | None:
@@ -142,8 +127,8 @@ class Scheduler:
         self.context_length = _context_length(model)
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
-        self._waiting: collections.deque[_Sequence] = collections.deque()
-        self._running: dict[int, _Sequence] = {}
+        self._waiting: collections.deque[SequenceState] = collections.deque()
+        self._running: dict[int, SequenceState] = {}
         self._batch: CausalLMBatch | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -208,7 +193,7 @@ class Scheduler:
         if not prompt_ids:
             raise InvalidRequest("the prompt is empty; send at least one token")
         seq_id = next(self._ids)
-        generator = None if params.greedy else make_generator(params, self.device)
+        generator = None if is_greedy(params) else make_generator(params, self.device)
         # Checks the invariant (resolved sampling): a ValueError here is a bug upstream.
         request = SequenceRequest(seq_id, list(prompt_ids), params, generator, stop_token_ids)
         max_new = request.max_new_tokens
@@ -237,7 +222,7 @@ class Scheduler:
                     f"{self.config.max_queue}); retry after {hint:.2f}s",
                     retry_after_s=hint,
                 )
-            self._waiting.append(_Sequence(request, handle, deadline, detok))
+            self._waiting.append(SequenceState(request, handle, deadline, detok))
             depth = len(self._waiting)
             self._cond.notify()
         if self._metrics:
@@ -265,9 +250,11 @@ class Scheduler:
                     return
             try:
                 self._step()
-            except Exception:  # a bug in the loop itself: fail everyone, keep serving
+            except Exception as exc:  # a bug in the loop itself: fail everyone, keep serving
                 log.exception("scheduler step crashed", extra={"model": self.name})
-                self._fail(list(self._running.values()), "the scheduler hit an internal error")
+                error = step_error(self.name, "a scheduler step", exc)
+                for seq in self._running.values():
+                    self._post(seq.handle, error)
                 self._running.clear()
                 self._batch = None
             self._flush()
@@ -301,7 +288,7 @@ class Scheduler:
     def _evict(self, now: float) -> None:
         """Drop cancelled and expired sequences from the queue and the running batch."""
         with self._cond:
-            kept: collections.deque[_Sequence] = collections.deque()
+            kept: collections.deque[SequenceState] = collections.deque()
             for seq in self._waiting:
                 if seq.handle.cancelled:
                     continue
@@ -322,17 +309,17 @@ class Scheduler:
                 del self._running[seq.request.seq_id]
             self._filter()
 
-    def _deadline_error(self, seq: _Sequence) -> DeadlineExceeded:
+    def _deadline_error(self, seq: SequenceState) -> DeadlineExceeded:
         return DeadlineExceeded(
             f"the deadline passed after {seq.tokens} generated tokens on model "
             f"{self.name!r}; allow more time or request fewer tokens"
         )
 
-    def _admit(self, now: float) -> list[_Sequence]:
+    def _admit(self, now: float) -> list[SequenceState]:
         """Pop waiting sequences in FIFO order while the batch and prefill limits allow."""
         budget = self.config.max_batch_tokens - sum(s.reserved for s in self._running.values())
         room = self.config.max_batch_size - len(self._running)
-        admitted: list[_Sequence] = []
+        admitted: list[SequenceState] = []
         widest = 0
         with self._cond:
             while self._waiting and room > 0 and self._waiting[0].reserved <= budget:
@@ -350,14 +337,32 @@ class Scheduler:
                 self._metrics.queue_wait.observe(now - seq.submitted)
         return admitted
 
-    def _prefill(self, admitted: list[_Sequence]) -> None:
+    def _prefill(self, admitted: list[SequenceState]) -> None:
+        """Prefill ``admitted`` and merge them into the running batch.
+
+        A failed prefill of several requests is redone one request at a time (nothing of
+        it reached the running batch), so a request that makes the model fail fails alone.
+        """
         try:
             batch = CausalLMBatch.from_requests(
                 [s.request for s in admitted], self._pad_id, self._eos, self.device
             )
             gens = batch.prefill(self.model)
         except Exception as exc:
-            self._step_failed("prefill", exc, admitted)
+            self._step_failed("prefill", exc, len(admitted))
+            if len(admitted) > 1:
+                for seq in admitted:
+                    self._prefill([seq])
+                return
+            self._post(
+                admitted[0].handle,
+                step_error(
+                    self.name,
+                    "prefill",
+                    exc,
+                    "it failed for this request alone, and will fail again if retried",
+                ),
+            )
             return
         for seq in admitted:
             self._running[seq.request.seq_id] = seq
@@ -373,15 +378,26 @@ class Scheduler:
             else:
                 self._batch = CausalLMBatch.concatenate([self._batch, new])
         except Exception as exc:
-            self._step_failed("batch merge", exc, list(self._running.values()))
+            self._step_failed("batch merge", exc, len(self._running))
+            self._fail_running(step_error(self.name, "batch merge", exc))
 
     def _decode(self) -> None:
         assert self._batch is not None
         started = time.perf_counter()
         try:
             gens = self._batch.decode(self.model)
-        except Exception as exc:
-            self._step_failed("decode", exc, list(self._running.values()))
+        except ForwardError as exc:  # the batch is unchanged: retry the step once
+            self._step_failed("decode", exc, len(self._running))
+            try:
+                gens = self._batch.decode(self.model)
+            except Exception as again:
+                self._step_failed("decode", again, len(self._running))
+                detail = "the step failed twice in a row for the batch this request ran in"
+                self._fail_running(step_error(self.name, "decode", again, detail))
+                return
+        except Exception as exc:  # bookkeeping after the forward pass: not retryable
+            self._step_failed("decode", exc, len(self._running))
+            self._fail_running(step_error(self.name, "decode", exc))
             return
         if self._metrics:
             elapsed = time.perf_counter() - started
@@ -394,24 +410,34 @@ class Scheduler:
         if self._batch is not None:
             self._batch = self._batch.filter(list(self._running))
 
-    def _step_failed(self, what: str, exc: Exception, victims: list[_Sequence]) -> None:
+    def _step_failed(self, what: str, exc: Exception, rows: int) -> None:
+        """Log and count a failed step (the caller decides who fails)."""
         log.warning(
-            "model step failed", extra={"model": self.name, "step": what, "error": repr(exc)}
+            "model step failed",
+            extra={"model": self.name, "step": what, "rows": rows, "error": repr(exc)},
+            exc_info=exc,
         )
         if self._metrics:
             self._metrics.step_failures.inc()
-        self._fail(victims, f"the model failed during {what}: {type(exc).__name__}: {exc}")
-        ids = {s.request.seq_id for s in victims}
-        for seq_id in ids:
-            self._running.pop(seq_id, None)
-        if self._batch is not None and ids.intersection(self._batch.seq_ids):
-            self._batch = None if not self._running else self._batch.filter(list(self._running))
 
-    def _fail(self, victims: list[_Sequence], reason: str) -> None:
-        for seq in victims:
-            self._post(
-                seq.handle, Unavailable(f"{reason} (model {self.name!r}); retry the request")
-            )
+    def _fail_running(self, error: OptiserveError) -> None:
+        """Fail every running sequence with ``error`` and drop the running batch."""
+        for seq in self._running.values():
+            self._post(seq.handle, error)
+        self._running.clear()
+        self._batch = None
+
+    def _row_failed(self, seq: SequenceState, failure: RowFailure) -> None:
+        """One sequence failed on its own: fail it alone (the caller filters it out)."""
+        log.warning(
+            "sequence failed",
+            extra={"model": self.name, "stage": failure.stage, "error": str(failure)},
+            exc_info=failure,
+        )
+        if self._metrics:
+            self._metrics.row_failures.inc()
+        del self._running[seq.request.seq_id]
+        self._post(seq.handle, row_error(self.name, failure))
 
     # ------------------------------------------------------------------ events
 
@@ -432,13 +458,11 @@ class Scheduler:
             elif metrics:
                 metrics.inter_token.observe(now - seq.last_token)
             seq.last_token = now
-            # An end-of-sequence token is not part of the answer (nor of completion_tokens),
-            # even when it is no special token that detokenization would skip.
-            eos = gen.finish is FinishReason.EOS
-            text = "" if eos else seq.stop.feed(seq.detok.push(gen.token_id))
-            finish = FinishReason.STOP_SEQUENCE if seq.stop.stopped else gen.finish
-            if finish is not None:  # text held back for a stop string that never came
-                text += seq.stop.flush()
+            try:
+                text, finish = seq.output(gen)
+            except RowFailure as failure:
+                self._row_failed(seq, failure)
+                continue
             if finish is None:
                 self._post(seq.handle, TokenEvent(gen.token_id, text))
                 keep.append(gen.seq_id)
@@ -450,7 +474,7 @@ class Scheduler:
             metrics.tokens_generated.inc(len(gens))
         return keep
 
-    def _completion(self, seq: _Sequence, finish: FinishReason, now: float) -> SequenceEnd:
+    def _completion(self, seq: SequenceState, finish: FinishReason, now: float) -> SequenceEnd:
         if self._last_completion:
             gap = max(now - self._last_completion, 1e-6)
             self._completion_rate = 0.9 * self._completion_rate + 0.1 / gap
