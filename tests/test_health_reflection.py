@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Callable
+
 import grpc
 import pytest
 from google.protobuf import descriptor_pb2
@@ -9,8 +13,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from optiserve.app import ServerThread
+from optiserve.config import Config
 from optiserve_client import Client, NotFound
 from optiserve_client._health import decode_status, encode_request
+from optiserve_client.v1 import optiserve_pb2 as pb
+from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+#: What a grpcio client sets to check health itself (over Watch) before it sends an RPC.
+CLIENT_SIDE_HEALTH = json.dumps(
+    {"healthCheckConfig": {"serviceName": ""}, "loadBalancingConfig": [{"round_robin": {}}]}
+)
 
 
 def test_health_serving(server: ServerThread) -> None:
@@ -71,3 +85,38 @@ def test_reflection_lists_and_describes_the_service(server: ServerThread) -> Non
             "ListModels",
             "GetUsage",
         }
+
+
+def test_watch_streams_changes_until_the_server_drains(make_config: Callable[..., Config]) -> None:
+    thread = ServerThread(make_config(server={"drain_announce_s": 0.5}))
+    thread.start()
+    stopper = threading.Thread(target=thread.stop, kwargs={"grace_s": 1.0})
+    try:
+        with grpc.insecure_channel(thread.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            watches = [
+                stub.Watch(health_pb2.HealthCheckRequest(service=name), timeout=30)
+                for name in ("", "optiserve.v1.OptiServe", "nope")
+            ]
+            first = [next(w).status for w in watches]
+            assert first == [SERVING, SERVING, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN]
+            stopper.start()
+            assert [next(w).status for w in watches[:2]] == [NOT_SERVING, NOT_SERVING]
+            for w in watches:
+                w.cancel()
+    finally:
+        if stopper.ident is None:
+            thread.stop()
+        else:
+            stopper.join(30)
+
+
+def test_client_side_health_checking_lets_rpcs_through(server: ServerThread) -> None:
+    options = [("grpc.service_config", CLIENT_SIDE_HEALTH)]
+    with grpc.insecure_channel(server.target, options=options) as channel:
+        stub = pb_grpc.OptiServeStub(channel)
+        request = pb.GenerateRequest(prompt="hello", sampling=pb.SamplingParams(max_new_tokens=2))
+        response = stub.Generate(request, timeout=30)
+        assert response.summary.usage.completion_tokens >= 1
+        chunks = list(stub.StreamGenerate(request, timeout=30))
+        assert chunks[-1].HasField("summary")

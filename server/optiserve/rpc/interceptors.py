@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextvars
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from optiserve.domain.errors import InvalidRequest, OptiserveError, status_code_name
+from optiserve.rpc.handlers import Call, wrap_handler
 
 log = logging.getLogger(__name__)
 
@@ -24,43 +25,12 @@ current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar(
     "current_request_id", default=""
 )
 
-Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
-
 
 def _metadata(context: grpc.aio.ServicerContext, key: str) -> str:
     for k, v in context.invocation_metadata() or ():
         if k == key:
             return str(v)
     return ""
-
-
-def _wrap(
-    handler: grpc.RpcMethodHandler,
-    unary: Callable[[Unary], Unary],
-    streaming: Callable[[Streaming], Streaming],
-    deserializer: Callable[[Any], Any] | None = None,
-) -> grpc.RpcMethodHandler:
-    """Return ``handler`` with its unary-unary / unary-stream behaviour (and optionally its
-    request deserializer) wrapped."""
-    if handler is None:
-        return None
-    decode = handler.request_deserializer
-    if deserializer is not None and decode is not None:
-        decode = deserializer(decode)
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            unary(handler.unary_unary),
-            request_deserializer=decode,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            streaming(handler.unary_stream),
-            request_deserializer=decode,
-            response_serializer=handler.response_serializer,
-        )
-    return handler
 
 
 class _Malformed:
@@ -101,22 +71,14 @@ class RequestIdInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             current_request_id.set(request_id)
             await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
 
-        def unary(fn: Unary) -> Unary:
+        def around(call: Call) -> Call:
             async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 await begin(context)
-                return await fn(request, context)
+                return await call(request, context)
 
             return run
 
-        def streaming(fn: Streaming) -> Streaming:
-            async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                await begin(context)
-                async for item in fn(request, context):
-                    yield item
-
-            return run
-
-        return _wrap(await continuation(details), unary, streaming)
+        return wrap_handler(await continuation(details), around)
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
@@ -151,11 +113,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         """Wrap the handler so every exception becomes a clean gRPC status."""
         method = details.method
 
-        def unary(fn: Unary) -> Unary:
+        def around(call: Call) -> Call:
             async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
                     _check_parsed(request)
-                    return await fn(request, context)
+                    return await call(request, context)
                 except Exception as exc:
                     if _is_abort(exc):
                         raise
@@ -163,20 +125,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             return run
 
-        def streaming(fn: Streaming) -> Streaming:
-            async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                try:
-                    _check_parsed(request)
-                    async for item in fn(request, context):
-                        yield item
-                except Exception as exc:
-                    if _is_abort(exc):
-                        raise
-                    await _abort(context, exc, method)
-
-            return run
-
-        return _wrap(await continuation(details), unary, streaming, _tolerant)
+        return wrap_handler(await continuation(details), around, deserializer=_tolerant)
 
 
 def _is_abort(exc: BaseException) -> bool:
