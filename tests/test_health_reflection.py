@@ -120,3 +120,33 @@ def test_client_side_health_checking_lets_rpcs_through(server: ServerThread) -> 
         assert response.summary.usage.completion_tokens >= 1
         chunks = list(stub.StreamGenerate(request, timeout=30))
         assert chunks[-1].HasField("summary")
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_reflection_is_served_as_v1_and_v1alpha(server: ServerThread, version: str) -> None:
+    # The v1 and v1alpha messages are the same on the wire (only the package differs), so
+    # the v1alpha classes speak to both.
+    with grpc.insecure_channel(server.target) as channel:
+        info = channel.stream_stream(
+            f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(
+                file_containing_symbol=f"grpc.reflection.{version}.ServerReflection"
+            ),
+        ]
+        listed, described = list(info(iter(requests), timeout=5))
+        names = {s.name for s in listed.list_services_response.service}
+        assert names == {
+            "optiserve.v1.OptiServe",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        }
+        files = described.file_descriptor_response.file_descriptor_proto
+        proto = descriptor_pb2.FileDescriptorProto.FromString(files[0])
+        assert proto.package == f"grpc.reflection.{version}"
+        assert [s.name for s in proto.service] == ["ServerReflection"]

@@ -17,7 +17,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from optiserve.accounting.usage import UsageTracker
@@ -30,6 +29,7 @@ from optiserve.models.local.backend import LocalHFBackend
 from optiserve.models.local.metrics import SchedulerMetrics
 from optiserve.process_settings import apply_process_settings
 from optiserve.rpc.interceptors import ErrorInterceptor, RequestIdInterceptor
+from optiserve.rpc.reflection import enable_reflection
 from optiserve.rpc.servicer import OptiServeServicer
 from optiserve.service import Service
 from optiserve_client.v1 import optiserve_pb2 as pb
@@ -90,9 +90,7 @@ class OptiserveApp:
         )
         pb_grpc.add_OptiServeServicer_to_server(OptiServeServicer(self.service), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        enable_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
         self.port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
         if self.port == 0:
             raise OSError(f"cannot listen on {cfg.host}:{cfg.port} (in use or not allowed)")
