@@ -12,7 +12,13 @@ import pytest
 
 from optiserve.accounting.usage import UsageTracker
 from optiserve.cache import CacheConfig, ResponseCache
-from optiserve.domain.errors import InvalidRequest, ModelNotFound, QueueFull, Unavailable
+from optiserve.domain.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    QueueFull,
+    Unavailable,
+)
 from optiserve.domain.types import (
     CacheLayer,
     FinishReason,
@@ -204,3 +210,118 @@ def test_usage_tracker_sums_rows() -> None:
     only_a, total_a = tracker.snapshot("a")
     assert [r.model for r in only_a] == ["a"]
     assert total_a.requests == 2
+
+
+class CutBackend(ScriptedBackend):
+    """Yields a start (4 prompt tokens) and ``deltas`` deltas of 2 tokens each; then raises
+    ``fail`` (if set), waits forever (``hang``), or ends without a finish."""
+
+    def __init__(
+        self, deltas: int = 3, fail: BaseException | None = None, hang: bool = False
+    ) -> None:
+        super().__init__("m")
+        self.deltas = deltas
+        self.cut_with = fail
+        self.hang = hang
+        self.closed = False
+
+    async def stream(self, request: GenerateRequest) -> AsyncIterator[BackendEvent]:
+        try:
+            yield BackendStart(4)
+            for i in range(self.deltas):
+                yield BackendDelta(f"w{i} ", 2)
+            if self.cut_with is not None:
+                raise self.cut_with
+            if self.hang:
+                await asyncio.Event().wait()
+        finally:
+            self.closed = True
+
+
+def _outcomes(service: Service) -> tuple[int, int, int, int, int, int]:
+    t = service.usage().total
+    return (
+        t.requests,
+        t.errors,
+        t.cancelled,
+        t.deadline_exceeded,
+        t.prompt_tokens,
+        t.completion_tokens,
+    )
+
+
+async def test_a_stream_closed_by_its_consumer_is_cancelled_with_its_tokens() -> None:
+    backend = CutBackend(hang=True)
+    service = Service(ModelCatalogue([("m", backend)], "m"), UsageTracker())
+    events = service.stream(_request("x"))
+    assert isinstance(await anext(events), TextDelta)
+    assert isinstance(await anext(events), TextDelta)
+    await events.aclose()  # type: ignore[attr-defined]
+    assert _outcomes(service) == (1, 0, 1, 0, 4, 4)
+    assert backend.closed, "the model's stream was not closed at once"
+
+
+async def test_a_stream_closed_after_its_deadline_is_deadline_exceeded() -> None:
+    service = Service(ModelCatalogue([("m", CutBackend(hang=True))], "m"), UsageTracker())
+    events = service.stream(_request("x", deadline=time.monotonic() + 0.05))
+    await anext(events)
+    await asyncio.sleep(0.1)
+    await events.aclose()  # type: ignore[attr-defined]
+    assert _outcomes(service) == (1, 0, 0, 1, 4, 2)
+
+
+async def test_a_cancelled_task_is_cancelled_or_deadline_by_the_request_deadline() -> None:
+    for deadline, expected in ((None, (1, 0, 1, 0, 4, 6)), (0.0, (1, 0, 0, 1, 4, 6))):
+        service = Service(ModelCatalogue([("m", CutBackend(hang=True))], "m"), UsageTracker())
+        request = _request("x", deadline=None if deadline is None else time.monotonic())
+        task = asyncio.create_task(service.generate(request))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert _outcomes(service) == expected, deadline
+
+
+@pytest.mark.parametrize(
+    ("fail", "expected"),
+    [
+        (DeadlineExceeded("late"), (1, 0, 0, 1, 4, 6)),
+        (QueueFull("full"), (1, 1, 0, 0, 4, 6)),
+        (RuntimeError("bug"), (1, 1, 0, 0, 4, 6)),
+        (None, (1, 1, 0, 0, 4, 6)),  # ended without a finish
+    ],
+    ids=["deadline", "domain-error", "bug", "no-finish"],
+)
+async def test_a_failed_stream_is_counted_once_with_its_tokens(
+    fail: Exception | None, expected: tuple[int, ...]
+) -> None:
+    service = Service(ModelCatalogue([("m", CutBackend(fail=fail))], "m"), UsageTracker())
+    with pytest.raises(type(fail) if fail is not None else Unavailable):
+        await service.generate(_request("x"))
+    assert _outcomes(service) == expected
+
+
+async def test_a_completed_request_is_ok_once() -> None:
+    service = Service(ModelCatalogue([("m", ScriptedBackend("m"))], "m"), UsageTracker())
+    await service.generate(_request("a b c"))  # closes the stream after its summary
+    events = [e async for e in service.stream(_request("d e"))]
+    assert isinstance(events[-1], StreamEnd)
+    assert _outcomes(service) == (2, 0, 0, 0, 5, 5)
+
+
+async def test_a_cut_cache_replay_is_cancelled(tmp_path: Path) -> None:
+    cache = _cache(tmp_path)
+    service = Service(
+        ModelCatalogue([("m", ScriptedBackend("m"))], "m"),
+        UsageTracker(),
+        cache,
+        replay_chunk_chars=1,
+    )
+    await service.generate(_request("replay me"))
+    await service.wait_for_stores(5.0)
+    events = service.stream(_request("replay me"))
+    await anext(events)
+    await events.aclose()  # type: ignore[attr-defined]
+    usage = service.usage().total
+    assert (usage.requests, usage.cancelled, usage.exact_hits) == (2, 1, 0)
+    cache.close()

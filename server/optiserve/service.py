@@ -15,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
+from typing import cast
 
+from optiserve.accounting.request import RequestAccount
 from optiserve.accounting.usage import ModelUsage, UsageTracker
 from optiserve.cache import CachedAnswer, CacheStats, ResponseCache, replay_chunks, require_hit
 from optiserve.cache.response_cache import validate_policy
-from optiserve.domain.errors import OptiserveError, Unavailable
+from optiserve.domain.errors import Unavailable
 from optiserve.domain.types import (
     CacheLookup,
     DecisionTrace,
@@ -37,7 +39,7 @@ from optiserve.domain.types import (
     Usage,
 )
 from optiserve.domain.validation import validate_request
-from optiserve.models.base import BackendDelta, BackendFinish
+from optiserve.models.base import BackendDelta, BackendFinish, BackendStart
 from optiserve.models.catalogue import ModelCatalogue
 
 log = logging.getLogger(__name__)
@@ -82,7 +84,12 @@ class Service:
     # -- generation ----------------------------------------------------------------------
 
     async def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
-        """Text deltas as they are produced, then one :class:`StreamEnd`."""
+        """Text deltas as they are produced, then one :class:`StreamEnd`.
+
+        Every request that reaches a model (or is answered from the cache) is accounted
+        exactly once: completed with its summary, or cut short (client gone, deadline,
+        failure) with the tokens produced until then (see :mod:`optiserve.accounting`).
+        """
         arrived = time.monotonic()
         if self._draining:
             raise Unavailable("the server is shutting down; retry on another replica")
@@ -92,42 +99,69 @@ class Service:
         request = replace(request, sampling=backend.resolve_sampling(request.sampling))
         backend.check_input(request)
         lookups: tuple[CacheLookup, ...] = ()
+        answer: CachedAnswer | None = None
         if self._cache is not None:
             result = await self._cache.lookup(request, name)
             lookups = result.trace
             answer = require_hit(request, result)
+        account = RequestAccount(self._usage, answer.model if answer else name, request.deadline)
+        try:
             if answer is not None:
-                async for event in self._replay(answer, lookups, arrived):
+                async for event in self._replay(answer, lookups, arrived, account):
                     yield event
                 return
-        parts: list[str] = []
-        try:
-            async for item in backend.stream(request):
-                if isinstance(item, BackendFinish):
-                    summary = _summary(name, backend.info.provider, item, arrived, route_reason)
-                    summary = replace(summary, trace=replace(summary.trace, cache=lookups))
-                    self._usage.record(name, summary, hit=None)
-                    self._store_later(request, name, "".join(parts), item)
-                    yield StreamEnd(summary)
-                elif isinstance(item, BackendDelta) and item.text:
-                    parts.append(item.text)
-                    yield TextDelta(item.text)
-        except OptiserveError:
-            self._usage.record_error(name)
+            parts: list[str] = []
+            items = backend.stream(request)
+            try:
+                async for item in items:
+                    if isinstance(item, BackendStart):
+                        account.started(item.prompt_tokens)
+                    elif isinstance(item, BackendDelta):
+                        account.produced(item.tokens)
+                        if item.text:
+                            parts.append(item.text)
+                            yield TextDelta(item.text)
+                    else:
+                        summary = _summary(name, backend.info.provider, item, arrived, route_reason)
+                        summary = replace(summary, trace=replace(summary.trace, cache=lookups))
+                        account.completed(summary)
+                        self._store_later(request, name, "".join(parts), item)
+                        yield StreamEnd(summary)
+            finally:
+                # Closed at once when the stream is cut, so the model stops generating.
+                close = getattr(items, "aclose", None)
+                if close is not None:
+                    await close()
+            if not account.closed:
+                raise Unavailable(f"model {name!r} stopped without finishing the answer")
+        except BaseException as exc:
+            # GeneratorExit (the consumer closed the stream) and CancelledError (the task
+            # was cancelled): the client went away or its deadline passed.
+            outcome = account.cut(exc)
+            if outcome is not None:
+                log.debug("request %s on %s: %s", request.request_id, name, outcome.value)
             raise
 
     async def generate(self, request: GenerateRequest) -> GenerateResult:
         """The whole answer at once."""
         parts: list[str] = []
-        async for event in self.stream(request):
-            if isinstance(event, TextDelta):
-                parts.append(event.text)
-            else:
-                return GenerateResult(request.request_id, "".join(parts), event.summary)
+        events = cast(AsyncGenerator[StreamEvent, None], self.stream(request))
+        try:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    parts.append(event.text)
+                else:
+                    return GenerateResult(request.request_id, "".join(parts), event.summary)
+        finally:
+            await events.aclose()
         raise Unavailable("the model stopped without finishing the answer")
 
     async def _replay(
-        self, answer: CachedAnswer, lookups: tuple[CacheLookup, ...], arrived: float
+        self,
+        answer: CachedAnswer,
+        lookups: tuple[CacheLookup, ...],
+        arrived: float,
+        account: RequestAccount,
     ) -> AsyncIterator[StreamEvent]:
         """A cached answer as a stream: chunks at once, then the summary of the hit."""
         first_at: float | None = None
@@ -148,7 +182,7 @@ class Service:
             ),
             cost_saved_usd=answer.cost_usd,
         )
-        self._usage.record(answer.model, summary, hit=answer.layer)
+        account.completed(summary, hit=answer.layer)
         yield StreamEnd(summary)
 
     # -- the cache write, off the response path ------------------------------------------

@@ -1,12 +1,31 @@
-"""Measured usage counters per model (in memory, since server start)."""
+"""Measured usage counters per model (in memory, since server start).
+
+Every request that reached a model (or was answered from the cache) is counted once in
+``requests`` and, unless it completed, in exactly one of ``cancelled``,
+``deadline_exceeded`` or ``errors``; the tokens it produced (those of a cut-short answer
+included) are in the token counts either way.
+"""
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from optiserve.domain.types import CacheLayer, ResponseSummary
+
+
+class Outcome(enum.Enum):
+    """How a request that reached a model ended."""
+
+    OK = "ok"
+    #: The client cancelled or went away before the answer was complete.
+    CANCELLED = "cancelled"
+    #: The request's deadline passed before the answer was complete.
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    #: Any other failure.
+    ERROR = "error"
 
 
 @dataclass(frozen=True)
@@ -23,21 +42,17 @@ class ModelUsage:
     cost_saved_usd: float = 0.0
     exact_hits: int = 0
     semantic_hits: int = 0
+    cancelled: int = 0
+    deadline_exceeded: int = 0
 
     def plus(self, other: ModelUsage) -> ModelUsage:
         """Field-wise sum (keeps this model name)."""
-        return ModelUsage(
-            model=self.model,
-            requests=self.requests + other.requests,
-            errors=self.errors + other.errors,
-            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
-            completion_tokens=self.completion_tokens + other.completion_tokens,
-            cached_tokens=self.cached_tokens + other.cached_tokens,
-            cost_usd=self.cost_usd + other.cost_usd,
-            cost_saved_usd=self.cost_saved_usd + other.cost_saved_usd,
-            exact_hits=self.exact_hits + other.exact_hits,
-            semantic_hits=self.semantic_hits + other.semantic_hits,
-        )
+        sums = {
+            f.name: getattr(self, f.name) + getattr(other, f.name)
+            for f in fields(self)
+            if f.name != "model"
+        }
+        return ModelUsage(model=self.model, **sums)
 
 
 class UsageTracker:
@@ -63,9 +78,26 @@ class UsageTracker:
         )
         self._add(model, delta)
 
+    def record_cut(
+        self, model: str, outcome: Outcome, *, prompt_tokens: int = 0, completion_tokens: int = 0
+    ) -> None:
+        """Count one request that did not complete, with the tokens it produced until then."""
+        if outcome is Outcome.OK:
+            raise ValueError("a completed request is counted by record(), with its summary")
+        delta = ModelUsage(
+            model=model,
+            requests=1,
+            errors=int(outcome is Outcome.ERROR),
+            cancelled=int(outcome is Outcome.CANCELLED),
+            deadline_exceeded=int(outcome is Outcome.DEADLINE_EXCEEDED),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+        self._add(model, delta)
+
     def record_error(self, model: str) -> None:
-        """Count one failed request."""
-        self._add(model, ModelUsage(model=model, requests=1, errors=1))
+        """Count one failed request (no tokens)."""
+        self.record_cut(model, Outcome.ERROR)
 
     def _add(self, model: str, delta: ModelUsage) -> None:
         with self._lock:

@@ -156,6 +156,8 @@ def usage_to_proto(u: ModelUsage) -> pb.ModelUsage:
         cost_saved_usd=u.cost_saved_usd,
         exact_hits=u.exact_hits,
         semantic_hits=u.semantic_hits,
+        cancelled=u.cancelled,
+        deadline_exceeded=u.deadline_exceeded,
     )
 
 
