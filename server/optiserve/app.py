@@ -28,8 +28,9 @@ from optiserve.models.catalogue import ModelCatalogue
 from optiserve.models.local.backend import LocalHFBackend
 from optiserve.models.local.metrics import SchedulerMetrics
 from optiserve.process_settings import apply_process_settings
-from optiserve.rpc.interceptors import ErrorInterceptor, RequestIdInterceptor
+from optiserve.rpc.interceptors import ErrorInterceptor
 from optiserve.rpc.reflection import enable_reflection
+from optiserve.rpc.request_ids import RequestIdInterceptor
 from optiserve.rpc.servicer import OptiServeServicer
 from optiserve.service import Service
 from optiserve_client.v1 import optiserve_pb2 as pb

@@ -54,6 +54,8 @@ async def test_grpclib_streams_a_generation(channel: Channel) -> None:
     async with _stream_generate(channel).open(timeout=30) as stream:
         await stream.send_message(request, end=True)
         chunks = [chunk async for chunk in stream]
+        assert stream.initial_metadata is not None
+        assert stream.initial_metadata["x-request-id"] == "grpclib-1"
     assert chunks[-1].HasField("summary")
     assert chunks[-1].summary.usage.completion_tokens >= 1
     assert "".join(c.text_delta for c in chunks)

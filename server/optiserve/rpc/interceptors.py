@@ -1,14 +1,11 @@
-"""Server interceptors: request ids, and the one error -> status mapping.
-
-Both wrap the method handler's behaviour, so they see domain exceptions raised anywhere
-below the servicer and turn them into a gRPC status with the domain message.
+"""The server interceptor that maps errors: it wraps the method handler's behaviour, so it
+sees domain exceptions raised anywhere below the servicer and turns them into a gRPC status
+with the domain message. (Request ids: :mod:`optiserve.rpc.request_ids`.)
 """
 
 from __future__ import annotations
 
-import contextvars
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,21 +13,11 @@ import grpc
 
 from optiserve.domain.errors import InvalidRequest, OptiserveError, status_code_name
 from optiserve.rpc.handlers import Call, wrap_handler
+from optiserve.rpc.request_ids import current_request_id
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID_KEY = "x-request-id"
 RETRY_AFTER_KEY = "retry-after-s"
-current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar(
-    "current_request_id", default=""
-)
-
-
-def _metadata(context: grpc.aio.ServicerContext, key: str) -> str:
-    for k, v in context.invocation_metadata() or ():
-        if k == key:
-            return str(v)
-    return ""
 
 
 class _Malformed:
@@ -56,29 +43,6 @@ def _check_parsed(request: Any) -> None:
             f"the request bytes are not a valid protobuf message for this method "
             f"({request.error}); send a message built from proto/optiserve/v1"
         )
-
-
-class RequestIdInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Takes ``x-request-id`` from the call (or makes one) and echoes it in the headers."""
-
-    async def intercept_service(
-        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
-    ) -> Any:
-        """Wrap the handler so the request id is set for its whole execution."""
-
-        async def begin(context: grpc.aio.ServicerContext) -> None:
-            request_id = _metadata(context, REQUEST_ID_KEY) or uuid.uuid4().hex
-            current_request_id.set(request_id)
-            await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
-
-        def around(call: Call) -> Call:
-            async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await begin(context)
-                return await call(request, context)
-
-            return run
-
-        return wrap_handler(await continuation(details), around)
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:

@@ -10,7 +10,7 @@ import grpc
 from optiserve.domain.errors import InvalidRequest, Unimplemented
 from optiserve.domain.types import GenerateRequest, TextDelta
 from optiserve.rpc import convert
-from optiserve.rpc.interceptors import current_request_id
+from optiserve.rpc.request_ids import current_request_id
 from optiserve.service import Service
 from optiserve_client.v1 import optiserve_pb2 as pb
 from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
@@ -35,7 +35,9 @@ class OptiServeServicer(pb_grpc.OptiServeServicer):  # type: ignore[misc]
     def _request(
         self, msg: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> GenerateRequest:
-        request_id = msg.request_id or current_request_id.get()
+        # The interceptor chose the id (request_ids.py); the message's own is the fallback
+        # for a servicer run without it.
+        request_id = current_request_id.get() or msg.request_id
         try:
             return convert.request_from_proto(
                 msg, request_id, tenant_of(context), context.time_remaining()
