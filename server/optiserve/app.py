@@ -82,7 +82,8 @@ class OptiserveApp:
         )
         cfg = self.config.server
         server = grpc.aio.server(
-            interceptors=[RequestIdInterceptor(), ErrorInterceptor()],
+            # Errors outermost: it turns what the request-id check raises into a status too.
+            interceptors=[ErrorInterceptor(), RequestIdInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes),

@@ -55,13 +55,16 @@ class OptiServeServicer(pb_grpc.OptiServeServicer):  # type: ignore[misc]
     async def StreamGenerate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateChunk]:
-        """Streaming generation: deltas, then a chunk with the summary."""
+        """Streaming generation: deltas, then a chunk with the summary. The request id is
+        sent on the first and the last chunk only."""
         domain = self._request(request, context)
         events = self._service.stream(domain)
+        request_id = domain.request_id
         try:
             async for event in events:
                 if isinstance(event, TextDelta):
-                    yield pb.GenerateChunk(request_id=domain.request_id, text_delta=event.text)
+                    yield pb.GenerateChunk(request_id=request_id, text_delta=event.text)
+                    request_id = ""
                 else:
                     yield pb.GenerateChunk(
                         request_id=domain.request_id,
