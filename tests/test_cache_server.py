@@ -3,6 +3,7 @@ partitions, per-request modes, restarts and statistics."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -237,3 +238,56 @@ def test_degenerate_prompts_skip_the_semantic_layer(
         assert [(c.layer, c.outcome) for c in again.summary.trace.cache] == [
             (pb.CACHE_LAYER_EXACT, pb.CACHE_OUTCOME_HIT)
         ]
+
+
+def _ask(target: str, prompt: str, ttl_s: float | None = None) -> pb.GenerateResponse:
+    policy = pb.CachePolicy()
+    if ttl_s is not None:
+        policy.ttl_seconds = ttl_s
+    request = pb.GenerateRequest(
+        prompt=prompt,
+        sampling=pb.SamplingParams(max_new_tokens=9, min_new_tokens=9),
+        cache=policy,
+    )
+    with grpc.insecure_channel(target) as channel:
+        response: pb.GenerateResponse = pb_grpc.OptiServeStub(channel).Generate(request, timeout=60)
+    return response
+
+
+@pytest.mark.parametrize(
+    ("stored", "asked", "layer"),
+    [
+        ("When does this entry expire?", "When does this entry expire?", pb.CACHE_LAYER_EXACT),
+        (
+            "How do I expire a cache entry?",
+            "How can I expire a cache entry?",
+            pb.CACHE_LAYER_SEMANTIC,
+        ),
+    ],
+    ids=["exact", "semantic"],
+)
+def test_an_expired_entry_is_counted_and_named_in_the_trace(
+    cache_server: ServerThread,
+    cc: Client,
+    settle: Callable[[], None],
+    stored: str,
+    asked: str,
+    layer: int,
+) -> None:
+    original = _ask(cache_server.target, stored, ttl_s=1.0)
+    settle()
+    assert original.summary.provider == "local"
+    fresh = _ask(cache_server.target, asked)
+    assert fresh.summary.provider == "cache", "the entry must hit while it is live"
+    before = cc.usage().cache.expirations
+    time.sleep(2.0)
+    late = _ask(cache_server.target, asked)
+    assert late.summary.provider == "local", "an expired entry was served"
+    lines = [c for c in late.summary.trace.cache if c.layer == layer]
+    assert lines and lines[0].outcome == pb.CACHE_OUTCOME_MISS, late.summary.trace
+    detail = lines[0].detail
+    assert detail.startswith("the entry matched but expired "), detail
+    assert detail.endswith(" s ago (ttl 1 s)"), detail
+    ago = float(detail.removeprefix("the entry matched but expired ").split(" s ago")[0])
+    assert 0.5 <= ago <= 10.0, detail
+    assert cc.usage().cache.expirations == before + 1

@@ -77,6 +77,19 @@ def test_ttl_expiry() -> None:
     assert len(table) == 0
 
 
+def test_pop_expired_drops_each_entry_once() -> None:
+    table = EntryTable(max_entries=10, max_bytes=10**6)
+    old, live = entry(1, expires_at=100.0), entry(2)
+    table.put(old)
+    table.put(live)
+    assert table.peek_exact("k1") is old  # expired entries can still be looked at
+    assert table.peek(1) is old
+    assert table.pop_expired([old, live], now=99.0) == []
+    assert table.pop_expired([old, live], now=101.0) == [old]
+    assert table.pop_expired([old], now=101.0) == []  # a second finder drops nothing
+    assert table.peek(1) is None and len(table) == 1
+
+
 def test_same_exact_key_replaces() -> None:
     table = EntryTable(max_entries=10, max_bytes=10**6)
     table.put(entry(1))

@@ -93,8 +93,38 @@ async def test_ttl_per_request(make_cache: Factory) -> None:
     import asyncio
 
     await asyncio.sleep(0.08)
-    assert (await cache.lookup(chat("q"), "m")).entry is None
-    assert cache.sweep_expired() == 1
+    late = await cache.lookup(chat("q"), "m")
+    assert late.entry is None
+    assert late.trace[0].outcome is CacheOutcome.MISS
+    assert late.trace[0].detail.startswith("the entry matched but expired 0.")
+    assert late.trace[0].detail.endswith(" s ago (ttl 0.05 s)")
+    # The lookup dropped the entry and counted it, once.
+    assert (cache.stats().expirations, cache.stats().entries) == (1, 0)
+    again = await cache.lookup(chat("q"), "m")
+    assert again.trace[0].detail == ""
+    assert cache.sweep_expired() == 0
+    assert cache.stats().expirations == 1
+
+
+async def test_an_expired_semantic_candidate_is_named_and_counted(make_cache: Factory) -> None:
+    import asyncio
+
+    cache = make_cache(persist=False)
+    stored = chat("How do I reset my password?", ttl_s=0.05)
+    await cache.store(stored, "m", "a", 1, 0.0, FinishReason.EOS)
+    await cache.store(chat("What is a vector index?"), "m", "b", 1, 0.0, FinishReason.EOS)
+    await asyncio.sleep(0.08)
+    late = await cache.lookup(chat("How can I reset my password?"), "m")
+    assert late.entry is None
+    semantic = late.trace[-1]
+    assert (semantic.layer, semantic.outcome) == (CacheLayer.SEMANTIC, CacheOutcome.MISS)
+    assert semantic.similarity > 0.8
+    assert semantic.detail.startswith("the entry matched but expired "), semantic.detail
+    assert (cache.stats().expirations, cache.stats().entries) == (1, 1)
+    # Gone from the index too: the same question now finds only the other entry.
+    again = await cache.lookup(chat("How can I reset my password?"), "m")
+    assert again.trace[-1].detail.startswith("best similarity ")
+    assert cache.stats().expirations == 1
 
 
 async def test_cached_and_empty_answers_are_not_stored(make_cache: Factory) -> None:

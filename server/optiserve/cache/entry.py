@@ -83,6 +83,7 @@ class CacheStats:
     #: Stores that failed (logged; the request was still answered).
     store_errors: int = 0
     evictions: int = 0
+    #: Entries dropped past their TTL: found by a lookup (the trace says so) or swept.
     expirations: int = 0
     entries: int = 0
     bytes: int = 0

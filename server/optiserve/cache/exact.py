@@ -68,6 +68,24 @@ class EntryTable:
                 return None
             return entry
 
+    def peek(self, entry_id: int) -> CacheEntry | None:
+        """The entry ``entry_id``, expired or not (None when it is not in the table)."""
+        with self._lock:
+            return self._entries.get(entry_id)
+
+    def peek_exact(self, exact_key: str) -> CacheEntry | None:
+        """The entry stored under ``exact_key``, expired or not."""
+        with self._lock:
+            entry_id = self._by_exact.get(exact_key)
+            return None if entry_id is None else self._entries[entry_id]
+
+    def pop_expired(self, entries: list[CacheEntry], now: float) -> list[CacheEntry]:
+        """Remove those of ``entries`` still in the table and expired at ``now``; return them
+        (so that concurrent lookups finding the same expired entry drop it once)."""
+        with self._lock:
+            dead = [e for e in entries if self._entries.get(e.entry_id) is e and e.expired(now)]
+            return [self._pop(e.entry_id) for e in dead]
+
     def touch(self, entry: CacheEntry) -> None:
         """Record a hit on ``entry`` (recency for LRU, frequency for LFU)."""
         with self._lock:

@@ -38,6 +38,7 @@ from optiserve.cache.eligibility import semantic_skip_reason
 from optiserve.cache.embedder import Embedder
 from optiserve.cache.entry import CachedAnswer, CacheEntry, CacheResult, CacheStats
 from optiserve.cache.exact import EntryTable
+from optiserve.cache.expiry import expired_detail
 from optiserve.cache.guard import Guard
 from optiserve.cache.index import IndexParams, VectorIndex, set_openmp_threads
 from optiserve.cache.keys import RequestKeys, request_keys
@@ -302,15 +303,21 @@ class ResponseCache:
     def _lookup_slow(self, request: GenerateRequest, keys: RequestKeys) -> CacheResult:
         trace: list[CacheLookup] = []
         if self.config.exact_enabled:
+            # The fast path skipped an entry under this key past its TTL: drop it here.
+            now = time.time()
+            stale = self._table.peek_exact(keys.exact)
+            expired = ""
+            if stale is not None and stale.expired(now):
+                expired = expired_detail(stale, now)
+                self._drop_expired([stale], now)
             if self._redis is not None:
                 answer = self._redis.get(keys.exact)
                 if answer is not None:
                     return self._redis_hit(answer)
-                trace.append(
-                    CacheLookup(CacheLayer.EXACT, CacheOutcome.MISS, detail="memory+redis")
-                )
+                detail = f"memory+redis; {expired}" if expired else "memory+redis"
+                trace.append(CacheLookup(CacheLayer.EXACT, CacheOutcome.MISS, detail=detail))
             else:
-                trace.append(CacheLookup(CacheLayer.EXACT, CacheOutcome.MISS))
+                trace.append(CacheLookup(CacheLayer.EXACT, CacheOutcome.MISS, detail=expired))
         if self._embedder is None or not self.config.semantic_enabled:
             self._count(misses=1)
             return CacheResult(None, tuple(trace))
@@ -334,6 +341,8 @@ class ResponseCache:
             now=time.time(),
         )
         trace.append(found.lookup)
+        if found.expired:
+            self._drop_expired(list(found.expired), time.time())
         if found.entry is None:
             if found.lookup.outcome is CacheOutcome.REJECTED:
                 self._count(misses=1, guard_rejections=1)
@@ -518,13 +527,21 @@ class ResponseCache:
     def sweep_expired(self) -> int:
         """Drop expired entries from memory, index and store; return how many."""
         dead = self._table.expire()
+        self._forget(dead)
+        return len(dead)
+
+    def _drop_expired(self, found: list[CacheEntry], now: float) -> None:
+        """Drop the expired entries a lookup found (each once, even when found twice)."""
+        self._forget(self._table.pop_expired(found, now))
+
+    def _forget(self, dead: list[CacheEntry]) -> None:
+        """Remove entries already out of the table from the index and store; count them."""
         for entry in dead:
             self._index.remove(entry.partition, entry.entry_id)
-        if self._store is not None:
+        if self._store is not None and dead:
             self._store.delete([e.entry_id for e in dead])
         if dead:
             self._count(expirations=len(dead))
-        return len(dead)
 
     # -- reporting and shutdown ----------------------------------------------------------
 
