@@ -28,9 +28,9 @@ from optiserve.models.catalogue import ModelCatalogue
 from optiserve.models.local.backend import LocalHFBackend
 from optiserve.models.local.metrics import SchedulerMetrics
 from optiserve.process_settings import apply_process_settings
-from optiserve.rpc.interceptors import ErrorInterceptor
+from optiserve.rpc.interceptors import server_interceptors
+from optiserve.rpc.limits import AdmissionInterceptor, CallLimits
 from optiserve.rpc.reflection import enable_reflection
-from optiserve.rpc.request_ids import RequestIdInterceptor
 from optiserve.rpc.servicer import OptiServeServicer
 from optiserve.service import Service
 from optiserve_client.v1 import optiserve_pb2 as pb
@@ -57,6 +57,8 @@ class OptiserveApp:
         self.cache: ResponseCache | None = None
         self.service: Service | None = None
         self.health = health.aio.HealthServicer()
+        #: Counts the OptiServe calls in progress (set by :meth:`start`).
+        self.admission: AdmissionInterceptor | None = None
         self._server: grpc.aio.Server | None = None
         self._metrics_server: Any = None
         self.port = 0
@@ -81,14 +83,19 @@ class OptiserveApp:
             max_pending_stores=self.config.cache.max_pending_writes,
         )
         cfg = self.config.server
+        # No maximum_concurrent_rpcs: our admission counts OptiServe calls only, so health
+        # and reflection always answer (rpc/limits.py).
+        self.admission = AdmissionInterceptor(
+            CallLimits(
+                cfg.max_concurrent_rpcs, cfg.max_rpcs_per_connection, cfg.max_rpcs_per_tenant
+            )
+        )
         server = grpc.aio.server(
-            # Errors outermost: it turns what the request-id check raises into a status too.
-            interceptors=[ErrorInterceptor(), RequestIdInterceptor()],
+            interceptors=server_interceptors(self.admission, cfg.stream_write_timeout_s),
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes),
             ],
-            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
         )
         pb_grpc.add_OptiServeServicer_to_server(OptiServeServicer(self.service), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

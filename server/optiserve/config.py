@@ -32,7 +32,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from optiserve.cache.config import CacheConfig
-from optiserve.domain.settings import SettingError, at_least, between, check, choices, require
+from optiserve.domain.settings import (
+    SettingError,
+    above,
+    at_least,
+    between,
+    check,
+    choices,
+    require,
+)
 from optiserve.models.config import DEMO_SOURCE, ModelConfig
 from optiserve.models.local.config import EngineConfig
 
@@ -60,8 +68,17 @@ class ServerConfig:
     port: int = 50051
     #: Largest request or response message, in bytes.
     max_message_bytes: int = 4 * 1024 * 1024
-    #: RPCs served at once; more are refused with RESOURCE_EXHAUSTED.
+    #: OptiServe calls served at once; more are refused with RESOURCE_EXHAUSTED. Health and
+    #: reflection are never counted nor refused.
     max_concurrent_rpcs: int = 512
+    #: OptiServe calls one connection may have in progress at once.
+    max_rpcs_per_connection: int = 100
+    #: OptiServe calls one tenant (API key; callers without one share "anonymous") may have
+    #: in progress at once.
+    max_rpcs_per_tenant: int = 512
+    #: Seconds a stream waits for its client to read the next message; then the server
+    #: stops generating and ends the call with DEADLINE_EXCEEDED.
+    stream_write_timeout_s: float = 30.0
     #: Seconds in-flight RPCs get to finish on SIGTERM/SIGINT before they are cancelled.
     grace_period_s: float = 10.0
     #: On SIGTERM, seconds (within the grace period) that health reports NOT_SERVING and new
@@ -78,6 +95,9 @@ class ServerConfig:
                 "port": between(0, 65535),
                 "max_message_bytes": at_least(1),
                 "max_concurrent_rpcs": at_least(1),
+                "max_rpcs_per_connection": at_least(1),
+                "max_rpcs_per_tenant": at_least(1),
+                "stream_write_timeout_s": above(0),
                 "grace_period_s": at_least(0),
                 "drain_announce_s": at_least(0),
                 "metrics_port": between(0, 65535),

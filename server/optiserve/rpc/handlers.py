@@ -38,7 +38,8 @@ _FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
 
 async def _write(context: grpc.aio.ServicerContext, message: Any, timeout_s: float | None) -> None:
     try:
-        await asyncio.wait_for(context.write(message), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await context.write(message)
     except TimeoutError:
         raise DeadlineExceeded(
             f"the client did not read the stream for {timeout_s:g} s; the server stopped "
@@ -104,3 +105,22 @@ def wrap_handler(
     return _FACTORIES[kind](
         call, request_deserializer=decode, response_serializer=handler.response_serializer
     )
+
+
+class StreamWriteInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Writes what streaming handlers yield, each write bounded by ``write_timeout_s``.
+
+    It must be the innermost interceptor: it is the one that sees the servicer's own
+    generators (the outer ones see coroutines that write for themselves).
+    """
+
+    def __init__(self, write_timeout_s: float) -> None:
+        self.write_timeout_s = write_timeout_s
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
+    ) -> Any:
+        """The handler as a coroutine whose writes are bounded."""
+        return wrap_handler(
+            await continuation(details), lambda call: call, write_timeout_s=self.write_timeout_s
+        )

@@ -1,6 +1,8 @@
-"""The server interceptor that maps errors: it wraps the method handler's behaviour, so it
-sees domain exceptions raised anywhere below the servicer and turns them into a gRPC status
-with the domain message. (Request ids: :mod:`optiserve.rpc.request_ids`.)
+"""Server interceptors: the one error -> status mapping, and the chain the server runs.
+
+:func:`server_interceptors` gives them in order, outermost first: errors (so it sees
+every domain exception raised below it, the others' included, and turns it into a gRPC
+status with the domain message), request ids, admission, bounded stream writes.
 """
 
 from __future__ import annotations
@@ -12,12 +14,25 @@ from typing import Any
 import grpc
 
 from optiserve.domain.errors import InvalidRequest, OptiserveError, status_code_name
-from optiserve.rpc.handlers import Call, wrap_handler
-from optiserve.rpc.request_ids import current_request_id
+from optiserve.rpc.handlers import Call, StreamWriteInterceptor, wrap_handler
+from optiserve.rpc.limits import AdmissionInterceptor
+from optiserve.rpc.request_ids import RequestIdInterceptor, current_request_id
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_KEY = "retry-after-s"
+
+
+def server_interceptors(
+    admission: AdmissionInterceptor, stream_write_timeout_s: float
+) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptors of the server, outermost first (the order matters)."""
+    return [
+        ErrorInterceptor(),
+        RequestIdInterceptor(),
+        admission,
+        StreamWriteInterceptor(stream_write_timeout_s),
+    ]
 
 
 class _Malformed:

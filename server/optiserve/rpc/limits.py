@@ -1,0 +1,99 @@
+"""Admission: how many OptiServe RPCs may be in progress, in all, per connection and per
+tenant.
+
+Only the OptiServe service's methods are counted and refused; health and reflection are
+never, so a server whose limits are full still answers its load balancer. (grpc's own
+``maximum_concurrent_rpcs`` counts every method, health included, and holds a slot until
+the last byte of a call has been delivered; it is not used.) A call's slot is held while
+its handler runs and freed as soon as the handler returns or fails.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from optiserve.domain.errors import ResourceExhausted
+from optiserve.rpc.handlers import Call, wrap_handler
+from optiserve.rpc.servicer import tenant_of
+from optiserve_client.v1 import optiserve_pb2 as pb
+
+COUNTED_PREFIX = "/" + pb.DESCRIPTOR.services_by_name["OptiServe"].full_name + "/"
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    """The three limits (each >= 1)."""
+
+    total: int
+    per_connection: int
+    per_tenant: int
+
+
+class AdmissionInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Refuses an OptiServe call over any limit with RESOURCE_EXHAUSTED; counts the rest.
+
+    All calls run on the server's one event loop, so the counters need no lock.
+    """
+
+    def __init__(self, limits: CallLimits) -> None:
+        self.limits = limits
+        self.in_flight = 0
+        self.by_connection: Counter[str] = Counter()
+        self.by_tenant: Counter[str] = Counter()
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
+    ) -> Any:
+        """Count the handler's calls, OptiServe methods only."""
+        handler = await continuation(details)
+        if not details.method.startswith(COUNTED_PREFIX):
+            return handler
+        return wrap_handler(handler, self._admitted)
+
+    def _admitted(self, call: Call) -> Call:
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            connection, tenant = context.peer(), tenant_of(context)
+            self._check(connection, tenant)
+            self.in_flight += 1
+            self.by_connection[connection] += 1
+            self.by_tenant[tenant] += 1
+            try:
+                return await call(request, context)
+            finally:
+                self.in_flight -= 1
+                _release(self.by_connection, connection)
+                _release(self.by_tenant, tenant)
+
+        return run
+
+    def _check(self, connection: str, tenant: str) -> None:
+        limits = self.limits
+        if self.in_flight >= limits.total:
+            raise ResourceExhausted(
+                f"the server already has {limits.total} OptiServe calls in progress, its "
+                "limit (server.max_concurrent_rpcs); retry later, or raise the limit"
+            )
+        if self.by_connection[connection] >= limits.per_connection:
+            raise ResourceExhausted(
+                f"this connection already has {limits.per_connection} OptiServe calls in "
+                "progress, the limit per connection (server.max_rpcs_per_connection); wait "
+                "for one to finish, open another connection, or raise the limit"
+            )
+        if self.by_tenant[tenant] >= limits.per_tenant:
+            raise ResourceExhausted(
+                f"tenant {tenant} already has {limits.per_tenant} OptiServe calls in "
+                "progress, the limit per tenant (server.max_rpcs_per_tenant; callers "
+                "without an x-api-key share the tenant anonymous); wait for one to finish, "
+                "or raise the limit"
+            )
+
+
+def _release(counts: Counter[str], key: str) -> None:
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]
