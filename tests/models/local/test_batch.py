@@ -8,6 +8,7 @@ from tiny_lm import TinyLM, random_requests, run_waves
 
 from optiserve.domain.types import FinishReason, SamplingParams
 from optiserve.models.local.batch import CausalLMBatch, SequenceRequest, eos_token_ids
+from optiserve.models.local.sampling import make_generator
 
 
 def test_greedy_batched_equals_alone(tiny_lm: TinyLM) -> None:
@@ -64,8 +65,8 @@ def test_concatenate_copies_only_the_joining_rows(tiny_llama: TinyLM) -> None:
 def test_per_row_sampling_params_do_not_leak(tiny_llama: TinyLM) -> None:
     prompt = list(range(30, 60))
     greedy = SequenceRequest(1, prompt, SamplingParams(max_new_tokens=12))
-    gen = torch.Generator().manual_seed(7)
-    hot = SequenceRequest(2, prompt, SamplingParams(max_new_tokens=12, temperature=1.5), gen)
+    hot_params = SamplingParams(max_new_tokens=12, temperature=1.5, seed=7)
+    hot = SequenceRequest(2, prompt, hot_params, make_generator(hot_params))
     got = run_waves(tiny_llama, [[greedy, hot]])
     assert got[1] == tiny_llama.reference(prompt, 12)
     assert len(got[2]) == 12
@@ -76,7 +77,7 @@ def test_seeded_sampling_is_reproducible_across_batches(tiny_llama: TinyLM) -> N
     params = SamplingParams(max_new_tokens=10, temperature=0.8, top_k=50, top_p=0.9, seed=3)
 
     def sampled(others: int) -> list[int]:
-        req = SequenceRequest(0, prompt, params, torch.Generator().manual_seed(3))
+        req = SequenceRequest(0, prompt, params, make_generator(params))
         return run_waves(tiny_llama, [[req, *random_requests(others, seed=others, start_id=1)]])[0]
 
     assert sampled(0) == sampled(0)
@@ -155,7 +156,7 @@ def test_min_new_tokens_holds_for_sampled_rows_and_single_token_stops(tiny_llama
         1, prompt, SamplingParams(max_new_tokens=6, min_new_tokens=3), stop_token_ids=stop
     )
     hot = SamplingParams(max_new_tokens=6, min_new_tokens=6, temperature=50.0, seed=1)
-    sampled = SequenceRequest(2, prompt, hot, torch.Generator().manual_seed(1))
+    sampled = SequenceRequest(2, prompt, hot, make_generator(hot))
     eos = sorted(set(range(4, 1500)))  # almost every token ends the answer
     got = run_waves(tiny_llama, [[greedy, sampled]], eos=eos)
     assert got[1][0] != first

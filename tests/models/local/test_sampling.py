@@ -102,3 +102,28 @@ def test_scores_that_allow_no_token_raise_a_sampling_error() -> None:
         select_token(nan, params, make_generator(params))
     with pytest.raises(SamplingError, match="-inf"):
         select_token(torch.full((VOCAB,), -math.inf), params, make_generator(params))
+
+
+#: Seeds that differ only above bit 32 (1, 2^32 + 1, 2^40 + 1) or only in bit 63 (0, 2^63),
+#: and the largest uint64: a 32-bit generator seed made each group one stream.
+SEEDS_64 = [0, 1, 2**32, 2**32 + 1, 2**40 + 1, 2**63, 2**63 + 1, 2**64 - 1]
+
+
+def _stream(seed: int | None, n: int = 48) -> list[int]:
+    """``n`` tokens sampled from one fixed, nearly flat distribution with one generator."""
+    logits = torch.randn(VOCAB, generator=torch.Generator().manual_seed(1)) * 0.1
+    params = SamplingParams(max_new_tokens=n, temperature=1.0, seed=seed)
+    generator = make_generator(params)
+    return [select_token(logits, params, generator) for _ in range(n)]
+
+
+def test_every_bit_of_a_64_bit_seed_counts() -> None:
+    streams = {seed: _stream(seed) for seed in SEEDS_64}
+    for seed, stream in streams.items():
+        assert _stream(seed) == stream, seed  # the same seed, the same tokens
+    distinct = {tuple(s) for s in streams.values()}
+    assert len(distinct) == len(SEEDS_64), "seeds differing above bit 32 gave the same stream"
+
+
+def test_no_seed_is_random() -> None:
+    assert _stream(None) != _stream(None)

@@ -56,14 +56,15 @@ class SequenceRequest:
     (None counts as 0) must not exceed it (the backend's ``resolve_sampling`` sees to both; a
     ValueError here is a bug, not a bad request). ``stop_token_ids`` are token-level stop
     sequences (text-level stop strings are the scheduler's job); below ``min_new_tokens``
-    the single-token ones are masked like end-of-sequence ids. ``generator`` seeds
-    sampling for this sequence; None is fine for greedy requests.
+    the single-token ones are masked like end-of-sequence ids. ``generator`` is this
+    sequence's random stream (:func:`~optiserve.models.local.sampling.make_generator`);
+    None is fine for greedy requests (a sampled one then draws from fresh entropy).
     """
 
     seq_id: int
     prompt_ids: Sequence[int]
     params: SamplingParams
-    generator: torch.Generator | None = None
+    generator: np.random.Generator | None = None
     stop_token_ids: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:

@@ -13,12 +13,20 @@ finite, top_p in (0, 1], top_k >= 0) and for any finite or infinite logits:
 
 Scores that allow no token at all (NaN from the model, or every token at ``-inf``) raise
 :class:`SamplingError`: a failure of that one sequence, which the batch isolates.
+
+Seeds are 64-bit (the proto's ``uint64``) and every bit counts: a request's generator is
+numpy's PCG64 seeded with the whole seed (through ``SeedSequence``; torch's CPU generator
+keeps only 32 bits of a seed), and a token is drawn by inverse CDF with one uniform
+number from it. So the same seed, prompt and parameters give the same text on the same
+model and hardware, on any device (the numbers never depend on the device's generator),
+and seeds that differ anywhere give different streams. No seed: OS entropy.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from optiserve.domain.types import SamplingParams
@@ -39,21 +47,20 @@ def is_greedy(params: SamplingParams) -> bool:
     return params.temperature < GREEDY_BELOW
 
 
-def make_generator(params: SamplingParams, device: torch.device | str = "cpu") -> torch.Generator:
-    """A torch generator seeded from the request (random when it gives no seed)."""
-    generator = torch.Generator(device=device)
-    if params.seed is not None:
-        generator.manual_seed(params.seed & 0xFFFF_FFFF_FFFF_FFFF)
-    else:
-        generator.seed()
-    return generator
+def make_generator(params: SamplingParams) -> np.random.Generator:
+    """The request's random stream: PCG64 seeded with all 64 bits of its seed (a seed
+    outside [0, 2^64) is taken modulo 2^64), or from OS entropy when it gives none."""
+    if params.seed is None:
+        return np.random.Generator(np.random.PCG64())
+    return np.random.Generator(np.random.PCG64(params.seed & 0xFFFF_FFFF_FFFF_FFFF))
 
 
 def select_token(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+    logits: torch.Tensor, params: SamplingParams, generator: np.random.Generator | None
 ) -> int:
     """Pick the next token from one row of logits (shape ``[vocab]``, any float dtype).
 
+    Sampling draws one number from ``generator`` per token (None: a fresh random one).
     Raises :class:`SamplingError` when no token can be chosen.
     """
     scores = logits.float()
@@ -70,19 +77,34 @@ def select_token(
         # Shifted by the maximum: the best token scores 0, the others <= 0 (or -inf).
         scale = 1.0 / min(params.temperature, MAX_TEMPERATURE)
         scores = (scores - best).mul_(scale)
-    vocab = scores.shape[-1]
-    if 0 < params.top_k < vocab:
-        kth = torch.topk(scores, params.top_k).values[-1]
-        scores = scores.masked_fill(scores < kth, -math.inf)
+    # Candidates best first: the top k (one partial selection), or every token sorted
+    # when only top-p needs an order; ``order`` maps a candidate back to its token id.
+    order: torch.Tensor | None = None
+    if 0 < params.top_k < scores.shape[-1]:
+        scores, order = torch.topk(scores, params.top_k)
     if params.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=True)
-        probs = torch.softmax(sorted_scores, dim=-1)
+        if order is None:
+            scores, order = torch.sort(scores, descending=True)
+        probs = torch.softmax(scores, dim=-1)
         # Drop tokens once the mass before them already reaches top_p; the first token's
         # mass before it is exactly 0 < top_p, so the best token always stays.
-        drop = (probs.cumsum(dim=-1) - probs) >= params.top_p
-        scores = scores.scatter(0, order, sorted_scores.masked_fill(drop, -math.inf))
-    probs = torch.softmax(scores, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator).item())
+        scores = scores.masked_fill((probs.cumsum(dim=-1) - probs) >= params.top_p, -math.inf)
+    choice = _draw(torch.softmax(scores, dim=-1), generator or np.random.default_rng())
+    return choice if order is None else int(order[choice].item())
+
+
+def _draw(probs: torch.Tensor, generator: np.random.Generator) -> int:
+    """Inverse CDF: the first token whose cumulative probability exceeds ``u * total``.
+
+    That token has a positive probability (its cumulative sum rose past the point); only
+    when rounding puts the point at the very end is the last candidate taken instead.
+    """
+    cdf = probs.double().cumsum(dim=-1)
+    point = cdf.new_tensor([generator.random()]) * cdf[-1]
+    token = int(torch.searchsorted(cdf, point, right=True).item())
+    if token >= probs.shape[-1]:
+        token = int(torch.nonzero(probs).max().item())
+    return token
 
 
 __all__ = [

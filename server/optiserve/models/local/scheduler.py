@@ -193,7 +193,7 @@ class Scheduler:
         if not prompt_ids:
             raise InvalidRequest("the prompt is empty; send at least one token")
         seq_id = next(self._ids)
-        generator = None if is_greedy(params) else make_generator(params, self.device)
+        generator = None if is_greedy(params) else make_generator(params)
         # Checks the invariant (resolved sampling): a ValueError here is a bug upstream.
         request = SequenceRequest(seq_id, list(prompt_ids), params, generator, stop_token_ids)
         max_new = request.max_new_tokens
