@@ -117,6 +117,27 @@ CASES = [
         "cache.mode 42 is unknown",
     ),
     (
+        "json_schema not JSON",
+        pb.GenerateRequest(prompt="a", response_format=pb.ResponseFormat(json_schema="{type:")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "response_format.json_schema is not valid JSON",
+    ),
+    (
+        "json_schema not an object",
+        pb.GenerateRequest(prompt="a", response_format=pb.ResponseFormat(json_schema="[1, 2]")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "response_format.json_schema must be a JSON object",
+    ),
+    (
+        "json_schema on a model without structured output",
+        pb.GenerateRequest(
+            prompt="a", response_format=pb.ResponseFormat(json_schema='{"type": "object"}')
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "model 'tiny' cannot honour response_format.json_schema; structured output is not "
+        "supported for local models yet; omit it or choose a model that supports it",
+    ),
+    (
         "prompt longer than context",
         pb.GenerateRequest(prompt=" ".join(["word"] * 2000)),
         grpc.StatusCode.INVALID_ARGUMENT,

@@ -12,7 +12,7 @@ import pytest
 
 from optiserve.app import ServerThread
 from optiserve.config import Config
-from optiserve_client import Client, InvalidArgument, NotFound
+from optiserve_client import Client, InvalidArgument, NotFound, OptiserveClientError
 from optiserve_client.v1 import optiserve_pb2 as pb
 from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
 
@@ -291,3 +291,19 @@ def test_an_expired_entry_is_counted_and_named_in_the_trace(
     ago = float(detail.removeprefix("the entry matched but expired ").split(" s ago")[0])
     assert 0.5 <= ago <= 10.0, detail
     assert cc.usage().cache.expirations == before + 1
+
+
+def test_a_json_schema_is_refused_before_the_cache(cc: Client, settle: Callable[[], None]) -> None:
+    """A model without structured output refuses a schema, whatever the cache holds."""
+    prompt = "Answer this as JSON"
+    cc.generate(prompt, max_new_tokens=6)
+    settle()
+    for mode in ("default", "only_if_cached", "bypass"):
+        with pytest.raises(OptiserveClientError) as info:
+            cc.generate(prompt, max_new_tokens=6, json_schema='{"type": "object"}', cache_mode=mode)
+        assert info.value.code == "FAILED_PRECONDITION", (mode, info.value)
+        assert "cannot honour response_format.json_schema" in info.value.message
+    with pytest.raises(InvalidArgument) as bad:
+        cc.generate(prompt, max_new_tokens=6, json_schema="not json")
+    assert "response_format.json_schema" in bad.value.message
+    assert cc.generate(prompt, max_new_tokens=6).provider == "cache"

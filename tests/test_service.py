@@ -325,3 +325,21 @@ async def test_a_cut_cache_replay_is_cancelled(tmp_path: Path) -> None:
     usage = service.usage().total
     assert (usage.requests, usage.cancelled, usage.exact_hits) == (2, 1, 0)
     cache.close()
+
+
+async def test_usage_of_an_unknown_model_and_a_schema_nobody_honours() -> None:
+    from optiserve.domain.errors import FailedPrecondition
+
+    backend = ScriptedBackend("m")
+    service = Service(ModelCatalogue([("m", backend)], "m"), UsageTracker())
+    with pytest.raises(ModelNotFound, match=r"^unknown model 'zzz'; this server serves: m$"):
+        service.usage("zzz")
+    assert service.usage("m").models == []
+    with pytest.raises(FailedPrecondition, match="model 'm' cannot honour"):
+        await service.generate(_request("x", json_schema='{"type": "object"}'))
+    with pytest.raises(InvalidRequest, match=r"response_format\.json_schema is not valid JSON"):
+        await service.generate(_request("x", json_schema="{"))
+    with pytest.raises(InvalidRequest, match="must be a JSON object, got a JSON array"):
+        await service.generate(_request("x", json_schema="[]"))
+    assert backend.calls == 0
+    assert service.usage().total.requests == 0

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from optiserve.app import ServerThread
-from optiserve_client import Client
+from optiserve_client import Client, NotFound
 from optiserve_client.v1 import optiserve_pb2 as pb
 from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
 
@@ -110,3 +110,13 @@ def test_deadline_cut_calls_are_each_counted_once(
     assert _delta(after, before, "errors") == 0
     assert _delta(after, before, "prompt_tokens") > 0
     assert _delta(after, before, "completion_tokens") > 0
+
+
+def test_usage_of_an_unknown_model_is_not_found(client: Client) -> None:
+    with pytest.raises(NotFound) as info:
+        client.usage("no-such")
+    assert info.value.message == "unknown model 'no-such'; this server serves: tiny"
+    client.generate("Usage of one model", max_new_tokens=2)
+    usage = client.usage("tiny")
+    assert [row.model for row in usage.models] == ["tiny"]
+    assert usage.total.requests >= 1

@@ -23,7 +23,7 @@ from optiserve.accounting.request import RequestAccount
 from optiserve.accounting.usage import ModelUsage, UsageTracker
 from optiserve.cache import CachedAnswer, CacheStats, ResponseCache, replay_chunks, require_hit
 from optiserve.cache.response_cache import validate_policy
-from optiserve.domain.errors import Unavailable
+from optiserve.domain.errors import FailedPrecondition, Unavailable
 from optiserve.domain.types import (
     CacheLookup,
     DecisionTrace,
@@ -31,6 +31,7 @@ from optiserve.domain.types import (
     GenerateRequest,
     GenerateResult,
     ModelInfo,
+    ModelKind,
     ResponseSummary,
     StreamEnd,
     StreamEvent,
@@ -96,6 +97,7 @@ class Service:
         validate_request(request)
         validate_policy(request.cache)
         name, backend, route_reason = self._catalogue.resolve(request.model)
+        _check_structured_output(request, name, backend.info)
         request = replace(request, sampling=backend.resolve_sampling(request.sampling))
         backend.check_input(request)
         lookups: tuple[CacheLookup, ...] = ()
@@ -223,7 +225,12 @@ class Service:
         return self._catalogue.models()
 
     def usage(self, model: str = "") -> UsageReport:
-        """Measured usage since start (one model when named), with the cache's counters."""
+        """Measured usage since start (one model when named), with the cache's counters.
+
+        Raises :class:`ModelNotFound` for a name this server does not serve.
+        """
+        if model:
+            self._catalogue.resolve(model)
         rows, total = self._usage.snapshot(model)
         return UsageReport(
             models=rows,
@@ -254,6 +261,22 @@ class Service:
         timeout = None if timeout_s is None else max(0.0, timeout_s)
         _, late = await asyncio.wait(pending, timeout=timeout)
         return len(late)
+
+
+def _check_structured_output(request: GenerateRequest, name: str, info: ModelInfo) -> None:
+    """FailedPrecondition when the request has a json_schema its model cannot honour
+    (before the cache: a schema never gets an answer the model could not have given)."""
+    if not request.json_schema or info.structured_output:
+        return
+    why = (
+        "structured output is not supported for local models yet"
+        if info.kind is ModelKind.LOCAL
+        else "this model does not support structured output"
+    )
+    raise FailedPrecondition(
+        f"model {name!r} cannot honour response_format.json_schema; {why}; omit it or "
+        "choose a model that supports it"
+    )
 
 
 def _summary(

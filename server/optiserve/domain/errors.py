@@ -11,6 +11,8 @@ Exception tree::
     │   ├── BudgetExceeded                            no model fits the budget
     │   └── RateLimited                               a provider answered 429
     ├── DeadlineExceeded           DEADLINE_EXCEEDED the request's deadline passed
+    ├── FailedPrecondition         FAILED_PRECONDITION valid, but the chosen model cannot
+    │                                                 honour it (e.g. a json_schema)
     ├── Unavailable                UNAVAILABLE       provider down, draining, model failed
     ├── Unauthenticated            UNAUTHENTICATED   missing or wrong credentials
     └── Unimplemented              UNIMPLEMENTED     a verb this build does not serve yet
@@ -66,6 +68,10 @@ class DeadlineExceeded(OptiserveError):
     """The request's deadline passed before the answer was complete."""
 
 
+class FailedPrecondition(OptiserveError):
+    """The request is valid but the model it resolved to cannot honour part of it."""
+
+
 class Unavailable(OptiserveError):
     """The server or a provider cannot serve now (draining, down, model failure)."""
 
@@ -86,6 +92,7 @@ STATUS_CODES: dict[type[OptiserveError], str] = {
     CacheMiss: "NOT_FOUND",
     ResourceExhausted: "RESOURCE_EXHAUSTED",
     DeadlineExceeded: "DEADLINE_EXCEEDED",
+    FailedPrecondition: "FAILED_PRECONDITION",
     Unavailable: "UNAVAILABLE",
     Unauthenticated: "UNAUTHENTICATED",
     Unimplemented: "UNIMPLEMENTED",

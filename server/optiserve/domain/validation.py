@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 from optiserve.domain.errors import InvalidRequest
@@ -43,3 +44,36 @@ def validate_request(request: GenerateRequest) -> None:
     # Validated now; the router enforces it once remote providers (which cost money) land.
     if request.max_cost_usd is not None and not request.max_cost_usd >= 0:
         raise InvalidRequest(f"budget.max_cost_usd must be >= 0, got {request.max_cost_usd}")
+    if request.json_schema:
+        validate_json_schema(request.json_schema)
+
+
+def validate_json_schema(schema: str) -> None:
+    """``response_format.json_schema`` must be a JSON object (a JSON Schema document).
+
+    Only its shape is checked here; whether the model can honour it is the service's call.
+    """
+    allowed = 'a JSON Schema object such as {"type": "object"}, or empty for free text'
+    try:
+        document = json.loads(schema)
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"response_format.json_schema is not valid JSON ({exc}); it must be {allowed}"
+        ) from None
+    if not isinstance(document, dict):
+        raise InvalidRequest(
+            f"response_format.json_schema must be a JSON object, got a JSON "
+            f"{_json_kind(document)}; it must be {allowed}"
+        )
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return "number"
