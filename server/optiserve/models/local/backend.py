@@ -4,13 +4,21 @@ Generation goes through the model's continuous-batching :class:`Scheduler`, whic
 on its own worker thread (never the event loop) and admits new requests into the running
 batch between decode steps. Closing the stream (client gone, deadline passed) cancels
 the sequence, which leaves the batch at the next step: no work continues for a dead RPC.
+
+Input that cannot fit is refused by :meth:`LocalHFBackend.check_input` from its length in
+characters (:mod:`~optiserve.models.local.input_bound`), before any tokenizing; what is
+left is tokenized off the event loop (short prompts, where a thread hop costs more than
+the tokenizing, inline).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -30,10 +38,15 @@ from optiserve.models.demo import demo_model_dir
 from optiserve.models.local import scheduler as sched
 from optiserve.models.local.batch import eos_token_ids
 from optiserve.models.local.config import EngineConfig
+from optiserve.models.local.input_bound import CharBound, char_bound
 from optiserve.models.local.metrics import SchedulerMetrics
 from optiserve.models.local.stops import TokenStops
 
 log = logging.getLogger(__name__)
+
+#: Input of at most this many characters is tokenized on the event loop: it takes well
+#: under a millisecond, less than handing it to a thread and back.
+INLINE_TOKENIZE_CHARS = 2000
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,6 +70,9 @@ class LocalHFBackend:
         self._metrics = metrics
         self._tokenizer: Any = None
         self._stops: TokenStops | None = None
+        #: Characters one token covers at most (None: no sound bound for this tokenizer).
+        self._bound: CharBound | None = None
+        self._tokenize_pool: ThreadPoolExecutor | None = None
         self.scheduler: sched.Scheduler | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -88,6 +104,10 @@ class LocalHFBackend:
         )
         model = model.to(device).eval()
         self._stops = TokenStops(self._tokenizer, eos_token_ids(model, self._tokenizer))
+        self._bound = char_bound(self._tokenizer)
+        self._tokenize_pool = ThreadPoolExecutor(
+            max_workers=min(4, os.cpu_count() or 1), thread_name_prefix=f"tokenize-{cfg.name}"
+        )
         self.scheduler = sched.Scheduler(
             model,
             self._tokenizer,
@@ -107,6 +127,7 @@ class LocalHFBackend:
                 "device": str(device),
                 "dtype": cfg.dtype,
                 "context_length": self.context_length,
+                "chars_per_token": self._bound.chars_per_token if self._bound else None,
                 "load_s": round(time.perf_counter() - started, 2),
             },
         )
@@ -115,6 +136,8 @@ class LocalHFBackend:
         """Stop the scheduler (waiting and running sequences fail with UNAVAILABLE)."""
         if self.scheduler is not None:
             self.scheduler.stop()
+        if self._tokenize_pool is not None:
+            self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def context_length(self) -> int:
@@ -172,7 +195,45 @@ class LocalHFBackend:
         return replace(params, max_new_tokens=max_new, min_new_tokens=min_new)
 
     def check_input(self, request: GenerateRequest) -> None:
-        """Cheap size checks before any work (see the Backend protocol)."""
+        """Refuse input longer in characters than the prompt tokens the model takes times
+        the characters one token covers at most (see the Backend protocol).
+
+        Costs ``len()`` of the prompt or message contents (plus a whitespace count for
+        tokenizers that can swallow whitespace, only when over the bound). The chat
+        template only adds text, so the contents alone are a lower bound. No bound is
+        known before load or for tokenizers without a sound one: then the token count
+        decides, after tokenizing off the event loop.
+        """
+        bound = self._bound
+        if bound is None:
+            return
+        max_new = request.sampling.max_new_tokens or 0
+        context = self.context_length
+        cap = self._scheduler_config.max_batch_tokens
+        if context and context <= cap:
+            total, limit_name = context, f"the context length ({context})"
+        else:
+            total, limit_name = cap, f"max_batch_tokens ({cap})"
+        limit = total - max_new
+        if limit < 1:  # max_new_tokens alone fills it: the scheduler says so
+            return
+        texts = [request.prompt] if not request.messages else [m.content for m in request.messages]
+        most = bound.chars_per_token * limit
+        if sum(len(t) for t in texts) <= most:
+            return
+        chars = bound.count(texts)
+        if chars <= most:
+            return
+        tokens = -(-chars // bound.chars_per_token)  # at least this many: ceil
+        what = "prompt" if not request.messages else "messages"
+        counted = " besides whitespace" if bound.skips_whitespace else ""
+        raise InvalidRequest(
+            f"{what} ({chars} characters{counted}, so at least {tokens} tokens) + "
+            f"max_new_tokens ({max_new}) exceeds {limit_name} of model "
+            f"{self._config.name!r}: one of its tokens covers at most "
+            f"{bound.chars_per_token} characters, so at most {most} characters ({limit} "
+            "tokens) can fit; shorten the prompt or lower max_new_tokens"
+        )
 
     def encode(self, request: GenerateRequest) -> list[int]:
         """Token ids of the prompt (chat template applied to messages when there is one)."""
@@ -197,7 +258,12 @@ class LocalHFBackend:
         if self.scheduler is None or self._stops is None:
             raise Unavailable(f"model {self._config.name!r} is not loaded yet; retry shortly")
         stop_ids = self._stops.for_request(request.sampling.stop, chat=bool(request.messages))
-        prompt_ids = self.encode(request)
+        chars = len(request.prompt) + sum(len(m.content) for m in request.messages)
+        if chars <= INLINE_TOKENIZE_CHARS or self._tokenize_pool is None:
+            prompt_ids = self.encode(request)
+        else:
+            loop = asyncio.get_running_loop()
+            prompt_ids = await loop.run_in_executor(self._tokenize_pool, self.encode, request)
         handle = self.scheduler.submit(prompt_ids, request.sampling, request.deadline, stop_ids)
         try:
             yield BackendStart(prompt_tokens=len(prompt_ids))
