@@ -11,7 +11,7 @@ import pytest
 from eos_first import PROMPT, build_eos_first_model, serving
 from optiserve.app import ServerThread
 from optiserve.config import Config
-from optiserve_client import Client
+from optiserve_client import Client, FailedPrecondition
 from optiserve_client.v1 import optiserve_pb2 as pb
 from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
 
@@ -100,6 +100,11 @@ def test_list_models_and_usage(client: Client) -> None:
     assert after.total.completion_tokens > before.completion_tokens
     assert after.uptime_s > 0
     assert [row.model for row in after.models] == ["tiny"]
+
+
+def test_the_client_raises_failed_precondition_for_a_schema(client: Client) -> None:
+    with pytest.raises(FailedPrecondition, match=r"cannot honour response_format\.json_schema"):
+        client.generate(PROMPT, json_schema='{"type": "object"}')
 
 
 def test_quantize_and_benchmark_say_unimplemented(server: ServerThread) -> None:

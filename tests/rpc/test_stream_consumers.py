@@ -61,6 +61,10 @@ def test_a_stream_nobody_reads_ends_and_frees_its_slot(
         assert reply.message.startswith("the client did not read the stream for 1 s;")
         assert "server.stream_write_timeout_s" in reply.message
         assert len(reply.messages()) <= 1, "nothing is written after the write that timed out"
+        # Accounted as what the client was told: its deadline (to read) passed.
+        total = stub.GetUsage(pb.GetUsageRequest(), timeout=10).total
+        assert (total.deadline_exceeded, total.cancelled, total.requests) == (1, 0, 2)
+        assert total.completion_tokens >= 2
 
 
 def test_a_stream_nobody_reads_stops_its_generation(make_config: Callable[..., Config]) -> None:

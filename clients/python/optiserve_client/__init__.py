@@ -10,6 +10,7 @@ with Client("127.0.0.1:50051") as client:
 from optiserve_client._client import AsyncClient, Client
 from optiserve_client._errors import (
     DeadlineExceeded,
+    FailedPrecondition,
     InternalError,
     InvalidArgument,
     NotFound,
@@ -27,6 +28,7 @@ __all__ = [
     "Client",
     "Completion",
     "DeadlineExceeded",
+    "FailedPrecondition",
     "InternalError",
     "InvalidArgument",
     "Model",

@@ -3,6 +3,7 @@
 OptiserveClientError
 ├── InvalidArgument      INVALID_ARGUMENT
 ├── NotFound             NOT_FOUND
+├── FailedPrecondition   FAILED_PRECONDITION
 ├── ResourceExhausted    RESOURCE_EXHAUSTED (``retry_after_s`` when the server hints)
 ├── DeadlineExceeded     DEADLINE_EXCEEDED
 ├── Unavailable          UNAVAILABLE
@@ -34,6 +35,11 @@ class NotFound(OptiserveClientError):
     """Unknown model, or an only-if-cached miss."""
 
 
+class FailedPrecondition(OptiserveClientError):
+    """The request is valid but this model or server cannot do what it asks (e.g. a
+    json_schema for a model without structured output); retrying will not help."""
+
+
 class ResourceExhausted(OptiserveClientError):
     """A limit was hit (queue, budget, rate, message size); retry after ``retry_after_s``."""
 
@@ -61,6 +67,7 @@ class InternalError(OptiserveClientError):
 _BY_CODE: dict[grpc.StatusCode, type[OptiserveClientError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.UNAVAILABLE: Unavailable,

@@ -17,6 +17,7 @@ DEADLINE_EXCEEDED instead of holding its slot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -51,10 +52,21 @@ async def _write(context: grpc.aio.ServicerContext, message: Any, timeout_s: flo
 async def write_all(
     messages: AsyncIterator[Any], context: grpc.aio.ServicerContext, timeout_s: float | None
 ) -> None:
-    """Write every message of ``messages``; close it however the writing ends."""
+    """Write every message of ``messages``; close it however the writing ends.
+
+    A write that times out is thrown into ``messages`` (so what produces them, down to
+    the usage account, learns why it was cut), then raised.
+    """
     try:
         async for message in messages:
-            await _write(context, message, timeout_s)
+            try:
+                await _write(context, message, timeout_s)
+            except DeadlineExceeded as exc:
+                throw = getattr(messages, "athrow", None)
+                if throw is not None:
+                    with contextlib.suppress(Exception):
+                        await throw(exc)
+                raise
     finally:
         close = getattr(messages, "aclose", None)
         if close is not None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator
 
 import grpc
 
-from optiserve.domain.errors import InvalidRequest, Unimplemented
+from optiserve.domain.errors import InvalidRequest, OptiserveError, Unimplemented
 from optiserve.domain.types import GenerateRequest, TextDelta
 from optiserve.rpc import convert
 from optiserve.rpc.request_ids import current_request_id
@@ -70,6 +71,10 @@ class OptiServeServicer(pb_grpc.OptiServeServicer):  # type: ignore[misc]
                         request_id=domain.request_id,
                         summary=convert.summary_to_proto(event.summary),
                     )
+        except OptiserveError as exc:  # thrown in by the writer (the client stopped reading)
+            with contextlib.suppress(Exception):
+                await events.athrow(exc)  # type: ignore[attr-defined]
+            raise
         finally:
             await events.aclose()  # type: ignore[attr-defined]
 
