@@ -60,25 +60,36 @@ def select_token(
 ) -> int:
     """Pick the next token from one row of logits (shape ``[vocab]``, any float dtype).
 
-    Sampling draws one number from ``generator`` per token (None: a fresh random one).
-    Raises :class:`SamplingError` when no token can be chosen.
+    Sampling draws one number from ``generator`` per token (None: a fresh random one) and
+    waits on the device once (the usual case; scores with NaN or infinities take a slower,
+    careful path). Raises :class:`SamplingError` when no token can be chosen.
     """
     scores = logits.float()
-    best = float(scores.max())
-    if math.isnan(best):
-        raise SamplingError("the model's scores for this sequence are NaN")
-    if best == -math.inf:
-        raise SamplingError("every token's score is -inf: no token can be chosen")
     if is_greedy(params):
-        return int(torch.argmax(scores).item())
-    if best == math.inf:  # only the tokens scored +inf are candidates, equally likely
-        scores = torch.where(scores == math.inf, 0.0, -math.inf)
-    else:
-        # Shifted by the maximum: the best token scores 0, the others <= 0 (or -inf).
-        scale = 1.0 / min(params.temperature, MAX_TEMPERATURE)
-        scores = (scores - best).mul_(scale)
-    # Candidates best first: the top k (one partial selection), or every token sorted
-    # when only top-p needs an order; ``order`` maps a candidate back to its token id.
+        return _careful(scores, params, 0.0)
+    uniform = (generator or np.random.default_rng()).random()
+    # Shifted by the maximum: the best token scores 0, the others <= 0 (or -inf). NaN or
+    # +inf anywhere, or every score -inf, make the total below NaN: the careful path.
+    scale = 1.0 / min(params.temperature, MAX_TEMPERATURE)
+    shifted = (scores - scores.max()).mul_(scale)
+    probs, order = _candidates(shifted, params)
+    cdf = probs.double().cumsum(dim=-1)
+    index = torch.searchsorted(cdf, cdf[-1:] * uniform, right=True)
+    token = index if order is None else order[index.clamp(max=len(cdf) - 1)]
+    found, chosen, total = torch.cat([index.double(), token.double(), cdf[-1:]]).tolist()
+    if not math.isfinite(total) or total <= 0 or found >= len(cdf):
+        return _careful(scores, params, uniform)
+    return int(chosen)
+
+
+def _candidates(
+    scores: torch.Tensor, params: SamplingParams
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Probabilities of the candidates (top-k, then top-p) and their token ids.
+
+    Candidates come best first when ``order`` (their token ids) is not None: the top k
+    (one partial selection), or every token sorted when only top-p needs an order.
+    """
     order: torch.Tensor | None = None
     if 0 < params.top_k < scores.shape[-1]:
         scores, order = torch.topk(scores, params.top_k)
@@ -89,22 +100,29 @@ def select_token(
         # Drop tokens once the mass before them already reaches top_p; the first token's
         # mass before it is exactly 0 < top_p, so the best token always stays.
         scores = scores.masked_fill((probs.cumsum(dim=-1) - probs) >= params.top_p, -math.inf)
-    choice = _draw(torch.softmax(scores, dim=-1), generator or np.random.default_rng())
-    return choice if order is None else int(order[choice].item())
+    return torch.softmax(scores, dim=-1), order
 
 
-def _draw(probs: torch.Tensor, generator: np.random.Generator) -> int:
-    """Inverse CDF: the first token whose cumulative probability exceeds ``u * total``.
-
-    That token has a positive probability (its cumulative sum rose past the point); only
-    when rounding puts the point at the very end is the last candidate taken instead.
-    """
+def _careful(scores: torch.Tensor, params: SamplingParams, uniform: float) -> int:
+    """Greedy decoding, and sampling from scores with NaN or infinities (with ``uniform``
+    already drawn, so a seeded stream does not depend on the path)."""
+    best = float(scores.max())
+    if math.isnan(best):
+        raise SamplingError("the model's scores for this sequence are NaN")
+    if best == -math.inf:
+        raise SamplingError("every token's score is -inf: no token can be chosen")
+    if is_greedy(params):
+        return int(torch.argmax(scores).item())
+    if best == math.inf:  # only the tokens scored +inf are candidates, equally likely
+        shifted = torch.where(scores == math.inf, 0.0, -math.inf)
+    else:
+        shifted = (scores - best).mul_(1.0 / min(params.temperature, MAX_TEMPERATURE))
+    probs, order = _candidates(shifted, params)
     cdf = probs.double().cumsum(dim=-1)
-    point = cdf.new_tensor([generator.random()]) * cdf[-1]
-    token = int(torch.searchsorted(cdf, point, right=True).item())
-    if token >= probs.shape[-1]:
-        token = int(torch.nonzero(probs).max().item())
-    return token
+    choice = int(torch.searchsorted(cdf, cdf[-1:] * uniform, right=True).item())
+    if choice >= len(cdf):  # rounding put the point at the very end: the last candidate
+        choice = int(torch.nonzero(probs).max().item())
+    return choice if order is None else int(order[choice].item())
 
 
 __all__ = [
