@@ -6,6 +6,7 @@ import asyncio
 import json
 import random
 import time
+import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
@@ -225,3 +226,43 @@ async def test_long_prompts_are_tokenized_off_the_event_loop(
     await ticking
     assert took > 0.1, "the tokenizing should take a while for this test to mean anything"
     assert max(gaps) < 0.1, f"the event loop stalled {max(gaps) * 1000:.0f} ms"
+
+
+def _sentencepiece_bpe() -> Tokenizer:
+    """A Llama-2-style tokenizer: "▁" for spaces, byte fallback, fused unknowns."""
+    pieces = ["▁", "t", "h", "e", "▁t", "he", "▁the", "▁the▁the", "<unk>"]
+    vocab = {
+        **{f"<0x{b:02X}>": b for b in range(256)},
+        **{p: 256 + i for i, p in enumerate(pieces)},
+    }
+    merges = [("▁", "t"), ("h", "e"), ("▁t", "he"), ("▁the", "▁the")]
+    tok = Tokenizer(
+        models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True)
+    )
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    return tok
+
+
+def _nfc_byte_level() -> Tokenizer:
+    """A Qwen-style tokenizer: NFC, then byte-level BPE over the full byte alphabet."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {c: i for i, c in enumerate(sorted(alphabet))}
+    vocab["ĠĠ"] = len(vocab)
+    vocab["ĠĠĠĠ"] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("Ġ", "Ġ"), ("ĠĠ", "ĠĠ")]))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    return tok
+
+
+@pytest.mark.parametrize("build", [_sentencepiece_bpe, _nfc_byte_level])
+def test_the_bound_holds_for_built_tokenizers(build: Any) -> None:
+    tok = build()
+    bound = bound_from_spec(json.loads(tok.to_str()))
+    assert bound is not None
+    composed = "\u1f82" * 50  # each one 4 code points decomposed: NFC merges them back
+    decomposed = unicodedata.normalize("NFD", composed)
+    texts = [*_texts(list(tok.get_vocab())), decomposed, "the " * 500, " " * 3000]
+    for text in texts:
+        tokens = len(tok.encode(text).ids)
+        assert bound.count([text]) <= bound.chars_per_token * tokens, text[:30]
