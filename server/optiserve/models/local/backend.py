@@ -136,8 +136,9 @@ class LocalHFBackend:
         """Stop the scheduler (waiting and running sequences fail with UNAVAILABLE)."""
         if self.scheduler is not None:
             self.scheduler.stop()
-        if self._tokenize_pool is not None:
-            self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
+        pool, self._tokenize_pool = self._tokenize_pool, None
+        if pool is not None:  # later requests tokenize inline, then meet the stopped scheduler
+            pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def context_length(self) -> int:

@@ -395,7 +395,7 @@ class Scheduler:
                 detail = "the step failed twice in a row for the batch this request ran in"
                 self._fail_running(step_error(self.name, "decode", again, detail))
                 return
-        except Exception as exc:  # bookkeeping after the forward pass: not retryable
+        except Exception as exc:  # the batch's own bookkeeping failed: not retried
             self._step_failed("decode", exc, len(self._running))
             self._fail_running(step_error(self.name, "decode", exc))
             return
