@@ -246,17 +246,14 @@ async def test_a_failed_decode_step_is_retried_once(tiny_llama: TinyLM) -> None:
 
 
 async def test_running_out_of_memory_is_unavailable_and_says_retry(tiny_llama: TinyLM) -> None:
-    state = {"fail": 0}
-
     def before(ids: torch.Tensor) -> None:
-        if ids.shape[1] == 1 and state["fail"]:
+        if ids.shape[1] == 1:  # every decode step (the prefill succeeds)
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     model = HookedModel(tiny_llama.model, before=before)
-    with running(tiny_llama, model) as (scheduler, _):
+    with running(tiny_llama, model) as (scheduler, registry):
         handle = scheduler.submit(prompts(1, seed=6)[0], greedy(40))
-        await asyncio.sleep(0.05)
-        state["fail"] = 1
         with pytest.raises(Unavailable, match="out of memory") as info:
             await asyncio.wait_for(collect(handle), WATCHDOG_S)
     assert "retry the request" in info.value.message
+    assert failures(registry, "step_failures") == 2  # the step and its retry
