@@ -7,6 +7,7 @@ the requests of each test below run in one batch, as they do under load.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -117,6 +118,7 @@ def test_a_sampling_fault_in_one_row_fails_that_request_alone(
     assert "injected sampling fault" in failed.message
     assert "fail again if retried" in failed.message
     assert "retry the request" not in failed.message
+    assert re.search(r"\(request id [0-9a-f]{32}\)$", failed.message), failed.message
     for i, result in enumerate(results):
         if i != 1:
             assert not isinstance(result, BaseException), (i, result)

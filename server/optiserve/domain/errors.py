@@ -84,6 +84,11 @@ class Unimplemented(OptiserveError):
     """The verb exists in the contract but this build does not serve it yet."""
 
 
+class Internal(OptiserveError):
+    """A failure inside the server that a retry is not known to fix (INTERNAL); the
+    message says where, and the client also gets the request id to find it in the log."""
+
+
 #: Domain error -> gRPC status code name. Most specific classes are found first by
 #: walking the exception's MRO, so subclasses inherit their parent's code.
 STATUS_CODES: dict[type[OptiserveError], str] = {
@@ -96,6 +101,7 @@ STATUS_CODES: dict[type[OptiserveError], str] = {
     Unavailable: "UNAVAILABLE",
     Unauthenticated: "UNAUTHENTICATED",
     Unimplemented: "UNIMPLEMENTED",
+    Internal: "INTERNAL",
     OptiserveError: "INTERNAL",
 }
 

@@ -64,6 +64,8 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
     code_name = status_code_name(exc)
     if isinstance(exc, OptiserveError):
         message = exc.message
+        if code_name == "INTERNAL":
+            message = f"{message} (request id {current_request_id.get()})"
         if exc.retry_after_s is not None:
             context.set_trailing_metadata(((RETRY_AFTER_KEY, f"{exc.retry_after_s:g}"),))
         log.info(

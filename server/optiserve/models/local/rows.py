@@ -5,8 +5,8 @@ Per-row work (detokenizing, matching stop strings; choosing the token is the bat
 stage, so the scheduler fails that one sequence and keeps the others going. The errors a
 client sees are built here too:
 
-* a failure of one sequence is deterministic for that request: INTERNAL (a plain
-  :class:`~optiserve.domain.errors.OptiserveError`), saying a retry will fail again;
+* a failure of one sequence is deterministic for that request: INTERNAL (an
+  :class:`~optiserve.domain.errors.Internal`), saying a retry will fail again;
 * a failed forward pass of a batch is INTERNAL too (the scheduler first retries or
   isolates it, see :mod:`~optiserve.models.local.scheduler`), except running out of
   memory, which depends on the load and so is UNAVAILABLE with "retry".
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from optiserve.domain.errors import OptiserveError, Unavailable
+from optiserve.domain.errors import Internal, OptiserveError, Unavailable
 from optiserve.domain.types import FinishReason
 from optiserve.models.local.batch import ForwardError, Generation, SequenceRequest
 from optiserve.models.local.events import SequenceHandle
@@ -112,7 +112,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def row_error(model: str, failure: RowFailure) -> OptiserveError:
     """What the client of a sequence that failed alone sees: INTERNAL, no retry."""
-    return OptiserveError(
+    return Internal(
         f"internal error in model {model!r} while {failure.stage}: {_describe(failure)}; "
         "this request will fail again if retried"
     )
@@ -130,7 +130,7 @@ def step_error(model: str, step: str, exc: BaseException, detail: str = "") -> O
             f"model {model!r} ran out of memory during {step} ({what}); retry the request, "
             "or send a shorter prompt or fewer max_new_tokens"
         )
-    return OptiserveError(
+    return Internal(
         f"internal error in model {model!r} during {step}: {what}"
         f"{'; ' + detail if detail else ''}; see the server log"
     )
