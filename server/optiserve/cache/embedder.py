@@ -25,7 +25,6 @@ precision (tested). Text longer than ``max_tokens`` is truncated; empty text emb
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 import threading
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any, get_args
 import numpy as np
 import numpy.typing as npt
 
+from optiserve.cache import onnx_runtime
 from optiserve.cache.config import EmbedderQuantize
 
 logger = logging.getLogger(__name__)
@@ -51,12 +51,7 @@ def default_model_path() -> Path:
 
 def onnx_available() -> bool:
     """True when ONNX Runtime and the ONNX exporter's ``onnx`` package are importable."""
-    try:
-        importlib.import_module("onnx")
-        importlib.import_module("onnxruntime")
-    except ImportError:
-        return False
-    return True
+    return onnx_runtime.available()
 
 
 class Embedder:
@@ -141,38 +136,14 @@ class Embedder:
         return digest.hexdigest()[:16]
 
     def _load_onnx(self, onnx_dir: Path | None) -> Any:
-        ort: Any = importlib.import_module("onnxruntime")
-
-        folder = onnx_dir or (Path.home() / ".cache" / "optiserve" / "onnx")
-        folder.mkdir(parents=True, exist_ok=True)
-        file = folder / f"embedder-{self._weights_digest()}.onnx"
+        file = onnx_runtime.cache_folder(onnx_dir) / f"embedder-{self._weights_digest()}.onnx"
         if not file.exists():
             self._export_onnx(file)
         if self.quantize == "int8":
-            file = self._quantized(file)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
-
-    @staticmethod
-    def _quantized(file: Path) -> Path:
-        """The int8 twin of ``file`` (dynamic, per-channel weights), made once."""
-        target = file.with_name(file.stem + "-int8.onnx")
-        if not target.exists():
-            quantization: Any = importlib.import_module("onnxruntime.quantization")
-            tmp = target.with_suffix(f".{threading.get_ident()}.tmp")
-            quantization.quantize_dynamic(
-                str(file), str(tmp), weight_type=quantization.QuantType.QInt8, per_channel=True
-            )
-            tmp.replace(target)
-            logger.info("quantized the embedder to int8 at %s", target)
-        return target
+            file = onnx_runtime.quantized(file)
+        return onnx_runtime.session(file, self.threads)
 
     def _export_onnx(self, file: Path) -> None:
-        import warnings
-
         import torch
 
         model = self._load_torch_model(eager=True)
@@ -193,22 +164,13 @@ class Embedder:
                 return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
 
         sample = torch.ones((2, 12), dtype=torch.long)
-        tmp = file.with_suffix(f".{threading.get_ident()}.tmp")
-        axes = {0: "batch", 1: "tokens"}
-        with warnings.catch_warnings(), torch.inference_mode(False):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                _Pooled(model).eval(),
-                (sample, sample),
-                str(tmp),
-                input_names=["input_ids", "attention_mask"],
-                output_names=["embedding"],
-                dynamic_axes={"input_ids": axes, "attention_mask": axes, "embedding": {0: "b"}},
-                opset_version=17,
-                dynamo=False,
-            )
-        tmp.replace(file)
-        logger.info("exported the embedder to ONNX at %s", file)
+        onnx_runtime.export(
+            _Pooled(model),
+            (sample, sample),
+            file,
+            inputs=("input_ids", "attention_mask"),
+            output="embedding",
+        )
 
     # -- embedding -----------------------------------------------------------------------
 
