@@ -1,25 +1,73 @@
 """Semantic cache quality: precision and recall of served answers, guard vs raw cosine.
 
-For each data set the cache holds every pair's ``a`` and is asked every pair's ``b``
-through the same code the server runs (FAISS partition index, top candidates,
-:func:`optiserve.cache.semantic.match` with the shipped guard). Headline numbers put each
-pair in its own partition (as if each pair came from its own conversation or tenant): the
-question is "is b answered by a's answer", which is what the labels say and what the raw
-cosine figures in the data README measure. A second run puts all ``a`` in one shared
-partition (``b`` may then match another pair's question, which the labels cannot judge; such
-a hit counts as false) and is printed on stderr. A hit is correct when the pair is a
-duplicate and the entry served is that pair's ``a`` (or a textually identical question).
+Every lookup goes through the code the server runs per lookup: the FAISS partition index,
+the top candidates at or above the cosine threshold (``CacheConfig.semantic_threshold``),
+and :func:`optiserve.cache.semantic.match` with the real :class:`~optiserve.cache.guard.Guard`
+(hard vetoes, then the int8 pair verifier at one calibrated operating point). The default
+operating point is the config's (``semantic_precision_target``; None = the calibration
+table's default), its target is ``precision_target`` in the JSON line.
 
-* qqp: the evaluation half of ``qqp_dev.jsonl`` (the guard was trained on the other half,
-  same split as ``optiserve.tools.train_guard``);
-* paraphrase: ``chatgpt_paraphrases.jsonl`` (all duplicates: recall).
+Data (``../shared/data/paraphrase``; ``tests/cache/data``):
 
-Metrics: precision = correct hits / hits; recall = correct hits / duplicate pairs;
-false-hit rate = false hits / lookups; the raw-cosine baseline (no guard, top-1, cosine
-threshold swept) is measured in the same run and its precision read off at the recall the
-guarded cache reaches. A threshold sweep of both is drawn to ``out/semantic_cache_pr.png``.
+* qqp: the evaluation half of ``qqp_dev.jsonl`` (``split_halves``' second half, as in
+  :mod:`optiserve.tools.paraphrase_data`; the verifier's training and calibration never read
+  it), pairs ``a``, ``b`` labelled duplicate or not;
+* paraphrase: ``chatgpt_paraphrases.jsonl`` (all duplicates: recall only);
+* ``hard_negatives.jsonl`` (pairs that must never share an answer) and ``must_hits.jsonl``
+  (rewordings that should hit).
 
-Prints one JSON line last with the keys of issue 4.
+Evaluations:
+
+* Per pair (headline ``qqp_*``, ``paraphrase_recall``): each pair in its own partition (as if
+  from its own conversation or tenant); the cache holds ``a`` and is asked ``b``, which is
+  the question the labels answer. A hit is correct when the pair is a duplicate.
+  precision = correct hits / hits; recall = correct hits / duplicate pairs.
+* Shared partition (``shared_*``): every ``a`` in one partition, every ``b`` asked; a hit is
+  correct only when the pair is a duplicate and the entry served is that pair's ``a`` (or a
+  textually identical question); any other hit counts as false (the labels cannot judge it).
+* Operating points: for each target of the verifier's calibration table, a Guard at that
+  point on the per-pair qqp and paraphrase runs (qqp precision, qqp recall, paraphrase
+  recall: the README table), beside the values the calibration measured on its own pairs.
+  The guards share one verifier whose scores are memoised per lookup batch (query and
+  candidates in order): the batch a lookup sends is the same at every point (same cosine
+  gate, same vetoes), so the memo changes no score, only the time.
+* Raw-cosine baseline (``raw_cosine_precision_at_same_recall``), measured in the same run:
+  no guard, top-1 cosine, threshold lowered from the top until its per-pair qqp recall
+  reaches the default guard's; its precision there (exact over the pairs' cosines, not a
+  grid), and its paraphrase recall at that threshold (stderr).
+* Trace (``trace_*``): every distinct question (verbatim text; a verbatim repeat would be an
+  exact-layer hit) of the qqp evaluation half, in a fixed shuffled order (``TRACE_SEED``),
+  through ONE partition, the way the cache runs: each question first looks up (``match()`` on
+  the entries stored so far); a hit is counted, anything else (MISS or REJECTED) is stored.
+  Duplicate classes: union-find over the duplicate-labelled pairs of the evaluation half,
+  questions identified by normalised text (lower case, whitespace collapsed), so identical
+  normalised text is one class. A hit is *right* when the query and the served entry's
+  question are in one class; *labelled wrong* when not, and some pair of the evaluation
+  half labels exactly those two questions (normalised) non-duplicate; *unlabelled*
+  otherwise. ``trace_served_precision`` = right / hits (unlabelled counts as wrong: a lower
+  bound); ``trace_precision_labelled`` = right / (right + labelled wrong). A lookup *could
+  hit* when some question of its class is stored at that moment (it was looked up earlier
+  and missed); ``trace_hit_rate`` = hits among those lookups / those lookups (a right hit
+  is always one of them; a wrong hit on such a lookup counts as a hit, a hit on a lookup
+  that could not hit does not enter the rate); ``trace_right_hit_rate`` = right hits / those
+  lookups; ``trace_hit_rate_all`` = hits / all lookups. The stderr detail shows five hits and
+  five REJECTED lookups (first in trace order) with cosine, verifier score and guard reason.
+* ``hard_negative_false_hits``: hard-negative pairs, each in its own partition (store ``a``,
+  ask ``b``): hits (every one is false); ``must_hit_recall``: the same on the must-hit pairs,
+  hits / pairs. Both with the outcome of each lookup (miss below the cosine gate, veto,
+  verifier rejection, hit) on stderr.
+* ``verifier_ms_p50``: median wall time of one ``guard.verifier.score(query, candidates)``
+  call with 3 candidates (the query's 3 nearest ``a`` questions by cosine) for
+  ``TIMING_QUERIES`` questions of the evaluation half, after a warm-up; int8 ONNX Runtime
+  with ``CacheConfig.verifier_threads`` threads, as the server runs it. On a shared machine
+  this includes whatever else runs on the cores.
+
+Every precision comes with its 95% Wilson score interval (:func:`wilson`; ``*_ci95`` keys).
+The verifier threshold swept (cosine gate and vetoes fixed) and raw top-1 cosine swept are
+drawn to ``out/semantic_cache_pr.png`` unless ``--no-plot``. ``--quick`` takes the first
+``QUICK_PAIRS`` pairs of the evaluation half and of the paraphrase set (a smoke run).
+
+Prints a JSON detail object on stderr and one JSON line last on stdout (issue 10's keys).
 """
 
 from __future__ import annotations
@@ -27,10 +75,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -41,17 +93,46 @@ from optiserve.cache.entry import CacheEntry
 from optiserve.cache.exact import EntryTable
 from optiserve.cache.guard import Guard
 from optiserve.cache.index import IndexParams, VectorIndex, set_openmp_threads
-from optiserve.cache.semantic import CANDIDATES, match
-from optiserve.domain.types import FinishReason
-from optiserve.tools.train_guard import load_pairs, split_halves
+from optiserve.cache.semantic import SemanticMatch, match
+from optiserve.cache.verifier import PairVerifier
+from optiserve.domain.types import CacheOutcome, FinishReason
+from optiserve.tools.paraphrase_data import DATA_DIR, load_pairs, split_halves
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "out"
-DATA = ROOT.parent.parent / "shared" / "data" / "paraphrase"
+TEST_DATA = ROOT.parent / "tests" / "cache" / "data"
 
 FloatArray = npt.NDArray[np.float32]
-#: Guard thresholds also measured (stderr) to show the precision/recall trade-off.
-OPERATING_POINTS = (0.80, 0.70, 0.67, 0.63)
+Pair = dict[str, Any]
+
+#: Pairs of the evaluation half (and of the paraphrase set) ``--quick`` keeps.
+QUICK_PAIRS = 600
+#: Seed of the trace's question order.
+TRACE_SEED = 10
+#: Questions timed for ``verifier_ms_p50``, and warm-up calls before them.
+TIMING_QUERIES = 200
+TIMING_WARMUP = 20
+#: Example hits and rejections of the trace shown on stderr.
+EXAMPLES = 5
+#: z of a two-sided 95% interval.
+Z95 = 1.959963984540054
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion ``successes / n`` ((0, 1) when n is 0)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1.0 - p) / n + z2 / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _ci(successes: int, n: int) -> list[float]:
+    low, high = wilson(successes, n)
+    return [round(low, 4), round(high, 4)]
 
 
 @dataclass
@@ -78,6 +159,21 @@ class Outcome:
         """False hits / lookups."""
         return (self.hits - self.correct) / self.lookups if self.lookups else 0.0
 
+    @property
+    def precision_ci95(self) -> list[float]:
+        """Wilson 95% interval of the precision."""
+        return _ci(self.correct, self.hits)
+
+    def summary(self) -> dict[str, Any]:
+        """Precision (with interval) and recall, rounded, for the detail object."""
+        return {
+            "precision": round(self.precision, 4),
+            "precision_ci95": self.precision_ci95,
+            "recall": round(self.recall, 4),
+            "hits": self.hits,
+            "correct": self.correct,
+        }
+
 
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
@@ -98,128 +194,436 @@ def embed_cached(embedder: Embedder, texts: list[str], tag: str) -> FloatArray:
     return vectors
 
 
+class MemoVerifier(PairVerifier):
+    """``inner``'s scores, memoised per batch: ``score(query, candidates)`` with the same
+    query and the same candidates in the same order returns the first call's result.
+
+    Per batch, not per pair: the int8 session quantizes activations over the whole batch,
+    so a pair's score can move a little with its batch mates; a lookup's batch is the same
+    at every operating point, so the memo returns exactly what the verifier would.
+    """
+
+    def __init__(self, inner: PairVerifier) -> None:  # the inner one is loaded already
+        self.inner = inner
+        self.folder = inner.folder
+        self.base_path = inner.base_path
+        self.weights_sha256 = inner.weights_sha256
+        self.calibration = inner.calibration
+        self._memo: dict[tuple[str, tuple[str, ...]], FloatArray] = {}
+
+    def score(self, query: str, candidates: list[str]) -> FloatArray:
+        """The inner verifier's scores of this batch (computed once)."""
+        key = (query, tuple(candidates))
+        found = self._memo.get(key)
+        if found is None:
+            found = self.inner.score(query, candidates)
+            self._memo[key] = found
+        return found.copy()
+
+    def score_pairs(self, pairs: list[tuple[str, str]], batch_size: int = 64) -> FloatArray:
+        """Not memoised: the inner verifier's."""
+        return self.inner.score_pairs(pairs, batch_size)
+
+
+def _entry(entry_id: int, partition: str, question: str, vector: FloatArray) -> CacheEntry:
+    return CacheEntry(
+        entry_id=entry_id,
+        partition=partition,
+        exact_key=f"k{entry_id}",
+        query=question,
+        text=question,
+        model="m",
+        completion_tokens=1,
+        cost_usd=0.0,
+        finish_reason=FinishReason.EOS,
+        created_at=0.0,
+        vector=vector,
+    )
+
+
+def lookups(
+    stored: Sequence[str],
+    stored_vec: FloatArray,
+    asked: Sequence[str],
+    asked_vec: FloatArray,
+    guard: Guard | None,
+    threshold: float,
+    *,
+    shared: bool = False,
+) -> list[SemanticMatch]:
+    """Store every ``stored[i]``, then ask every ``asked[i]`` through :func:`match`: in
+    partition ``p{i}`` (its own pair only), or all in one partition when ``shared``."""
+    table = EntryTable(max_entries=len(stored) + 1, max_bytes=1 << 40)
+    index = VectorIndex(IndexParams(dim=stored_vec.shape[1], use_gpu=False))
+    for i, question in enumerate(stored):
+        entry = _entry(i + 1, "p" if shared else f"p{i}", question, stored_vec[i])
+        table.put(entry)
+        index.add(entry.partition, entry.entry_id, stored_vec[i])
+    return [
+        match(
+            index,
+            table,
+            guard,
+            partition="p" if shared else f"p{i}",
+            query=question,
+            vector=asked_vec[i],
+            threshold=threshold,
+            now=1.0,
+        )
+        for i, question in enumerate(asked)
+    ]
+
+
 def evaluate(
-    pairs: list[dict[str, object]],
+    pairs: list[Pair],
     a_vec: FloatArray,
     b_vec: FloatArray,
     guard: Guard | None,
     threshold: float,
     *,
     shared: bool = False,
-) -> Outcome:
-    """Insert every ``a``, ask every ``b`` through :func:`match`; count right and wrong hits."""
-    table = EntryTable(max_entries=len(pairs) + 1, max_bytes=1 << 40)
-    index = VectorIndex(IndexParams(dim=a_vec.shape[1], use_gpu=False))
-    for i, pair in enumerate(pairs):
-        entry = CacheEntry(
-            entry_id=i + 1,
-            partition="p" if shared else f"p{i}",
-            exact_key=f"k{i}",
-            query=str(pair["a"]),
-            text=str(pair["a"]),
-            model="m",
-            completion_tokens=1,
-            cost_usd=0.0,
-            finish_reason=FinishReason.EOS,
-            created_at=0.0,
-            vector=a_vec[i],
-        )
-        table.put(entry)
-        index.add(entry.partition, entry.entry_id, a_vec[i])
+) -> tuple[Outcome, list[SemanticMatch]]:
+    """Insert every ``a``, ask every ``b`` through :func:`match`; count right and wrong hits.
+
+    Returns the counts and each lookup's result (in pair order)."""
+    found = lookups(
+        [str(p["a"]) for p in pairs],
+        a_vec,
+        [str(p["b"]) for p in pairs],
+        b_vec,
+        guard,
+        threshold,
+        shared=shared,
+    )
     hits = correct = 0
-    for i, pair in enumerate(pairs):
+    for pair, result in zip(pairs, found, strict=True):
+        if result.entry is None:
+            continue
+        hits += 1
+        if pair["duplicate"] and _norm(result.entry.query) == _norm(str(pair["a"])):
+            correct += 1
+    duplicates = sum(1 for p in pairs if p["duplicate"])
+    outcome = Outcome(lookups=len(pairs), duplicates=duplicates, hits=hits, correct=correct)
+    return outcome, found
+
+
+def _kind(result: SemanticMatch) -> str:
+    """How a lookup ended: hit, veto, verifier (refused it) or miss (below the gate)."""
+    if result.entry is not None:
+        return "hit"
+    if result.lookup.outcome is CacheOutcome.REJECTED:
+        return "verifier" if result.verifier_rejected else "veto"
+    return "miss"
+
+
+def verifier_sweep(
+    found: list[SemanticMatch], labels: list[bool], thresholds: npt.NDArray[np.float64]
+) -> list[tuple[float, float, float]]:
+    """(threshold, precision, recall) of the per-pair run with the verifier threshold swept.
+
+    Per pair each lookup has one candidate, so its verifier score (run at the default
+    point, -1 when vetoed or below the cosine gate) decides the outcome at any threshold.
+    """
+    scores = np.array([r.lookup.verifier_score for r in found], dtype=np.float64)
+    gated = np.array([r.lookup.outcome is not CacheOutcome.MISS for r in found])
+    ok = np.array(labels)
+    dups = max(1, int(ok.sum()))
+    points = []
+    for t in thresholds:
+        served = gated & (scores >= 0) & (scores >= t)
+        hits = int(served.sum())
+        right = int((served & ok).sum())
+        points.append((float(t), right / hits if hits else 1.0, right / dups))
+    return points
+
+
+def raw_cosines(found: list[SemanticMatch]) -> npt.NDArray[np.float64]:
+    """Per-pair top-1 cosine of each lookup (its partition holds only the pair's ``a``)."""
+    return np.array([r.lookup.similarity for r in found], dtype=np.float64)
+
+
+def raw_sweep(
+    sims: npt.NDArray[np.float64], labels: list[bool], thresholds: npt.NDArray[np.float64]
+) -> list[tuple[float, float, float]]:
+    """(threshold, precision, recall) of raw top-1 cosine, threshold swept."""
+    ok = np.array(labels)
+    dups = max(1, int(ok.sum()))
+    points = []
+    for t in thresholds:
+        served = sims >= t
+        hits = int(served.sum())
+        right = int((served & ok).sum())
+        points.append((float(t), right / hits if hits else 1.0, right / dups))
+    return points
+
+
+def raw_at_recall(
+    sims: npt.NDArray[np.float64], labels: list[bool], correct_needed: int
+) -> tuple[float, int, int]:
+    """(threshold, hits, correct) of raw top-1 cosine at the highest threshold whose
+    correct hits reach ``correct_needed`` (the guarded run's recall); nan threshold when
+    no threshold does."""
+    order = np.argsort(-sims, kind="stable")
+    s = sims[order]
+    right = np.cumsum(np.array(labels)[order])
+    for k in range(len(s)):
+        last_of_tie = k + 1 == len(s) or s[k + 1] < s[k]
+        if last_of_tie and right[k] >= correct_needed:
+            return float(s[k]), k + 1, int(right[k])
+    return float("nan"), 0, 0
+
+
+class Classes:
+    """Duplicate classes: union-find over normalised question texts."""
+
+    def __init__(self) -> None:
+        self._parent: dict[str, str] = {}
+
+    def find(self, text: str) -> str:
+        """The class representative of ``text`` (normalised)."""
+        node = _norm(text)
+        root = self._parent.setdefault(node, node)
+        while root != self._parent[root]:
+            root = self._parent[root]
+        while node != root:  # path compression
+            self._parent[node], node = root, self._parent[node]
+        return root
+
+    def union(self, a: str, b: str) -> None:
+        """Put ``a`` and ``b`` in one class."""
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self._parent[rb] = ra
+
+
+@dataclass
+class TraceResult:
+    """Counts of the trace (see the module docstring for the definitions)."""
+
+    lookups: int = 0
+    hits: int = 0
+    right: int = 0
+    labelled_wrong: int = 0
+    unlabelled: int = 0
+    could_hit: int = 0
+    hits_when_could_hit: int = 0
+    rejected: int = 0
+    verifier_rejected: int = 0
+    stored: int = 0
+    #: Pairs labelled non-duplicate whose questions union-find put in one class.
+    label_conflicts: int = 0
+
+    @property
+    def served_precision(self) -> float:
+        """Right / hits (unlabelled counts as wrong)."""
+        return self.right / self.hits if self.hits else 1.0
+
+    @property
+    def labelled_precision(self) -> float:
+        """Right / (right + labelled wrong)."""
+        judged = self.right + self.labelled_wrong
+        return self.right / judged if judged else 1.0
+
+    @property
+    def hit_rate(self) -> float:
+        """Hits among lookups that could hit / lookups that could hit."""
+        return self.hits_when_could_hit / self.could_hit if self.could_hit else 0.0
+
+
+def trace(
+    pairs: list[Pair],
+    a_vec: FloatArray,
+    b_vec: FloatArray,
+    guard: Guard,
+    threshold: float,
+) -> tuple[TraceResult, dict[str, list[dict[str, Any]]]]:
+    """Run the evaluation half's distinct questions through one partition (module
+    docstring); returns the counts and example hits and rejections."""
+    classes = Classes()
+    non_duplicate: set[frozenset[str]] = set()
+    for p in pairs:
+        if p["duplicate"]:
+            classes.union(str(p["a"]), str(p["b"]))
+    for p in pairs:
+        if not p["duplicate"]:
+            non_duplicate.add(frozenset((_norm(str(p["a"])), _norm(str(p["b"])))))
+    result = TraceResult()
+    result.label_conflicts = sum(
+        1
+        for p in pairs
+        if not p["duplicate"] and classes.find(str(p["a"])) == classes.find(str(p["b"]))
+    )
+    texts: dict[str, FloatArray] = {}
+    for i, p in enumerate(pairs):
+        texts.setdefault(str(p["a"]), a_vec[i])
+        texts.setdefault(str(p["b"]), b_vec[i])
+    questions = list(texts)
+    order = np.random.default_rng(TRACE_SEED).permutation(len(questions))
+    table = EntryTable(max_entries=len(questions) + 1, max_bytes=1 << 40)
+    index = VectorIndex(IndexParams(dim=a_vec.shape[1], use_gpu=False))
+    stored_in_class: Counter[str] = Counter()
+    examples: dict[str, list[dict[str, Any]]] = {"hits": [], "rejections": []}
+    for n, i in enumerate(order.tolist()):
+        question = questions[i]
+        vector = texts[question]
+        root = classes.find(question)
+        could = stored_in_class[root] > 0
         found = match(
             index,
             table,
             guard,
-            partition="p" if shared else f"p{i}",
-            query=str(pair["b"]),
-            vector=b_vec[i],
+            partition="t",
+            query=question,
+            vector=vector,
             threshold=threshold,
             now=1.0,
         )
-        if found.entry is None:
+        result.lookups += 1
+        result.could_hit += could
+        if found.entry is not None:
+            served = found.entry.query
+            result.hits += 1
+            result.hits_when_could_hit += could
+            if classes.find(served) == root:
+                verdict = "right"
+                result.right += 1
+            elif frozenset((_norm(served), _norm(question))) in non_duplicate:
+                verdict = "labelled wrong"
+                result.labelled_wrong += 1
+            else:
+                verdict = "unlabelled"
+                result.unlabelled += 1
+            if len(examples["hits"]) < EXAMPLES:
+                examples["hits"].append(_example(question, served, found, verdict))
             continue
-        hits += 1
-        if pair["duplicate"] and _norm(found.entry.query) == _norm(str(pair["a"])):
-            correct += 1
-    duplicates = sum(1 for p in pairs if p["duplicate"])
-    return Outcome(lookups=len(pairs), duplicates=duplicates, hits=hits, correct=correct)
+        if found.lookup.outcome is CacheOutcome.REJECTED:
+            result.rejected += 1
+            result.verifier_rejected += found.verifier_rejected
+            if len(examples["rejections"]) < EXAMPLES:
+                best = table.peek(int(found.lookup.entry_id))
+                cached = best.query if best is not None else "?"
+                examples["rejections"].append(_example(question, cached, found, None))
+        entry = _entry(n + 1, "t", question, vector)
+        table.put(entry)
+        index.add("t", entry.entry_id, vector)
+        stored_in_class[root] += 1
+        result.stored += 1
+    return result, examples
 
 
-def candidates(
-    pairs: list[dict[str, object]], a_vec: FloatArray, b_vec: FloatArray, guard: Guard
-) -> tuple[list[list[tuple[float, float, bool, bool]]], int]:
-    """Per query: (cosine, guard probability or -1 when vetoed, correct, top1) of candidates."""
-    index = VectorIndex(IndexParams(dim=a_vec.shape[1], use_gpu=False))
-    for i in range(len(pairs)):
-        index.add(f"p{i}", i, a_vec[i])
-    out: list[list[tuple[float, float, bool, bool]]] = []
-    for i, pair in enumerate(pairs):
-        rows = []
-        for rank, (j, sim) in enumerate(index.search(f"p{i}", b_vec[i], CANDIDATES)):
-            verdict = guard.check(str(pairs[j]["a"]), str(pair["b"]), sim)
-            vetoed = "mismatch" in verdict.reason
-            ok = bool(pair["duplicate"]) and _norm(str(pairs[j]["a"])) == _norm(str(pair["a"]))
-            rows.append((sim, -1.0 if vetoed else verdict.probability, ok, rank == 0))
-        out.append(rows)
-    return out, sum(1 for p in pairs if p["duplicate"])
+def _example(query: str, cached: str, found: SemanticMatch, verdict: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "query": query,
+        "cached": cached,
+        "cosine": round(found.lookup.similarity, 4),
+        "verifier_score": round(found.lookup.verifier_score, 4),
+        "guard": found.lookup.guard_verdict,
+    }
+    if verdict is not None:
+        out["label"] = verdict
+    return out
 
 
-def sweep(
-    cands: list[list[tuple[float, float, bool, bool]]],
-    duplicates: int,
-    cosine: float | None,
-    probs: npt.NDArray[np.float64] | None,
-    cos_grid: npt.NDArray[np.float64] | None,
-) -> list[tuple[float, float, float]]:
-    """(threshold, precision, recall) along a guard-probability or raw-cosine sweep."""
-    points = []
-    grid = probs if probs is not None else cos_grid
-    assert grid is not None
-    for t in grid:
-        hits = correct = 0
-        for rows in cands:
-            for sim, p, ok, top1 in rows:
-                if probs is not None:
-                    assert cosine is not None
-                    if sim < cosine:
-                        break
-                    if p >= t:
-                        hits += 1
-                        correct += ok
-                        break
-                else:
-                    if top1 and sim >= t:
-                        hits += 1
-                        correct += ok
-                    break
-        points.append((float(t), correct / hits if hits else 1.0, correct / duplicates))
-    return points
+def run_pair_set(
+    embedder: Embedder, name: str, guard: Guard, threshold: float
+) -> tuple[list[Pair], list[SemanticMatch], list[SemanticMatch]]:
+    """A ``tests/cache/data`` set through :func:`match` per pair (store a, ask b), with the
+    guard and with raw cosine."""
+    pairs: list[Pair] = load_pairs(TEST_DATA / f"{name}.jsonl")
+    a_text = [str(p["a"]) for p in pairs]
+    b_text = [str(p["b"]) for p in pairs]
+    a_vec = embed_cached(embedder, a_text, name + "-a")
+    b_vec = embed_cached(embedder, b_text, name + "-b")
+    guarded = lookups(a_text, a_vec, b_text, b_vec, guard, threshold)
+    raw = lookups(a_text, a_vec, b_text, b_vec, None, threshold)
+    return pairs, guarded, raw
 
 
-def raw_precision_at_recall(points: list[tuple[float, float, float]], recall: float) -> float:
-    """Raw-cosine precision at the highest threshold that reaches ``recall``."""
-    reach = [p for _, p, r in points if r >= recall]
-    return reach[-1] if reach else float("nan")
+def _pair_set_detail(
+    pairs: list[Pair], guarded: list[SemanticMatch], raw: list[SemanticMatch], show: str
+) -> dict[str, Any]:
+    """Outcomes by kind of pair, and the pairs whose outcome is ``show`` (hit / not hit)."""
+    by_kind: dict[str, Counter[str]] = {}
+    listed = []
+    for p, r in zip(pairs, guarded, strict=True):
+        kind = _kind(r)
+        by_kind.setdefault(str(p.get("kind", "")), Counter())[kind] += 1
+        if (kind == "hit") == (show == "hit"):
+            listed.append(
+                {
+                    "a": p["a"],
+                    "b": p["b"],
+                    "kind": p.get("kind", ""),
+                    "cosine": round(r.lookup.similarity, 4),
+                    "verifier_score": round(r.lookup.verifier_score, 4),
+                    "guard": r.lookup.guard_verdict or r.lookup.detail,
+                }
+            )
+    return {
+        "pairs": len(pairs),
+        "hits": sum(r.entry is not None for r in guarded),
+        "raw_cosine_hits": sum(r.entry is not None for r in raw),
+        "outcomes": dict(Counter(_kind(r) for r in guarded)),
+        "by_kind": {k: dict(v) for k, v in sorted(by_kind.items())},
+        ("hits_listed" if show == "hit" else "not_hit_listed"): listed[:20],
+    }
+
+
+def verifier_timing(
+    verifier: PairVerifier, pairs: list[Pair], a_vec: FloatArray, b_vec: FloatArray
+) -> dict[str, float]:
+    """Milliseconds of one ``score(query, 3 candidates)`` call (p50, p90) over real
+    questions: each of the first ``TIMING_QUERIES`` ``b`` with its 3 nearest ``a``."""
+    n = min(TIMING_QUERIES, len(pairs))
+    sims = b_vec[:n] @ a_vec.T
+    nearest = np.argsort(-sims, axis=1)[:, :3]
+    calls = [(str(pairs[i]["b"]), [str(pairs[int(j)]["a"]) for j in nearest[i]]) for i in range(n)]
+    for query, cands in calls[:TIMING_WARMUP]:
+        verifier.score(query, cands)
+    times = []
+    for query, cands in calls:
+        t0 = time.perf_counter()
+        verifier.score(query, cands)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return {
+        "p50": float(np.median(times)),
+        "p90": float(np.percentile(times, 90)),
+        "calls": float(len(times)),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print the JSON line."""
     parser = argparse.ArgumentParser(description="semantic cache precision/recall")
-    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--data", type=Path, default=DATA_DIR)
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"first {QUICK_PAIRS} pairs only (smoke run)"
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     config = CacheConfig()
     # Searches run here as on the cache's worker threads (their OpenMP team size).
     set_openmp_threads(config.faiss_threads)
     embedder = Embedder(threads=2, onnx_dir=OUT / "onnx")
-    guard = Guard.load(config.guard_weights, config.guard_threshold)
+    guard = Guard.load(
+        config.verifier_path,
+        precision_target=config.semantic_precision_target,
+        onnx_dir=OUT / "onnx",
+        threads=config.verifier_threads,
+    )
+    real_verifier = guard.verifier
+    assert real_verifier.calibration is not None
+    calibration = real_verifier.calibration
+    memo = MemoVerifier(real_verifier)
+    guard = Guard(memo, guard.point)
+
     qqp = load_pairs(args.data / "qqp_dev.jsonl")
     _, eval_idx = split_halves(len(qqp))
-    qqp_eval: list[dict[str, object]] = [qqp[i] for i in eval_idx]
-    para: list[dict[str, object]] = list(load_pairs(args.data / "chatgpt_paraphrases.jsonl"))
+    qqp_eval: list[Pair] = [qqp[i] for i in eval_idx]
+    para: list[Pair] = list(load_pairs(args.data / "chatgpt_paraphrases.jsonl"))
+    if args.quick:
+        qqp_eval, para = qqp_eval[:QUICK_PAIRS], para[:QUICK_PAIRS]
     vecs = {}
     for name, pairs in (("qqp-eval", qqp_eval), ("paraphrase", para)):
         vecs[name] = (
@@ -227,82 +631,158 @@ def main(argv: list[str] | None = None) -> None:
             embed_cached(embedder, [str(p["b"]) for p in pairs], name + "-b"),
         )
     threshold = config.semantic_threshold
-    q = evaluate(qqp_eval, *vecs["qqp-eval"], guard, threshold)
-    p = evaluate(para, *vecs["paraphrase"], guard, threshold)
-    raw_default = evaluate(qqp_eval, *vecs["qqp-eval"], None, threshold)
-    q_shared = evaluate(qqp_eval, *vecs["qqp-eval"], guard, threshold, shared=True)
-    raw_shared = evaluate(qqp_eval, *vecs["qqp-eval"], None, threshold, shared=True)
+    labels = [bool(p["duplicate"]) for p in qqp_eval]
 
-    cands, dups = candidates(qqp_eval, *vecs["qqp-eval"], guard)
-    guard_points = sweep(cands, dups, threshold, np.linspace(0.0, 0.99, 45), None)
-    raw_points = sweep(cands, dups, None, None, np.linspace(0.70, 0.995, 60))
-    raw_at_same = raw_precision_at_recall(raw_points, q.recall)
-    raw_threshold = max((t for t, _, r in raw_points if r >= q.recall), default=threshold)
-    raw_para = evaluate(para, *vecs["paraphrase"], None, raw_threshold)
-    operating_points = {}
-    for guard_threshold in OPERATING_POINTS:
-        alt = Guard.load(config.guard_weights, guard_threshold)
-        alt_q = evaluate(qqp_eval, *vecs["qqp-eval"], alt, threshold)
-        alt_p = evaluate(para, *vecs["paraphrase"], alt, threshold)
-        operating_points[str(guard_threshold)] = {
+    # Per pair, the default operating point, and raw cosine.
+    q, q_found = evaluate(qqp_eval, *vecs["qqp-eval"], guard, threshold)
+    p, _ = evaluate(para, *vecs["paraphrase"], guard, threshold)
+    raw_default, _ = evaluate(qqp_eval, *vecs["qqp-eval"], None, threshold)
+    sims = raw_cosines(q_found)
+    raw_threshold, raw_hits, raw_correct = raw_at_recall(sims, labels, q.correct)
+    raw_at_same = raw_correct / raw_hits if raw_hits else float("nan")
+    raw_para_recall = float("nan")
+    if raw_hits:
+        raw_para, _ = evaluate(para, *vecs["paraphrase"], None, raw_threshold)
+        raw_para_recall = raw_para.recall
+
+    # Shared partition.
+    q_shared, _ = evaluate(qqp_eval, *vecs["qqp-eval"], guard, threshold, shared=True)
+    raw_shared, _ = evaluate(qqp_eval, *vecs["qqp-eval"], None, threshold, shared=True)
+
+    # Every operating point of the calibration table.
+    operating_points: dict[str, dict[str, Any]] = {}
+    for point in calibration.points:
+        alt = Guard(memo, point)
+        alt_q, _ = evaluate(qqp_eval, *vecs["qqp-eval"], alt, threshold)
+        alt_p, _ = evaluate(para, *vecs["paraphrase"], alt, threshold)
+        operating_points[f"{point.target:g}"] = {
+            "threshold": point.threshold,
             "qqp_precision": round(alt_q.precision, 4),
+            "qqp_precision_ci95": alt_q.precision_ci95,
             "qqp_recall": round(alt_q.recall, 4),
             "paraphrase_recall": round(alt_p.recall, 4),
+            "qqp_hits": alt_q.hits,
+            "calibrated": {
+                "precision": point.precision,
+                "recall": point.recall,
+                "paraphrase_recall": point.paraphrase_recall,
+            },
         }
+
+    # Trace through one partition, the test sets, the verifier's latency.
+    tr, examples = trace(qqp_eval, *vecs["qqp-eval"], guard, threshold)
+    hard = run_pair_set(embedder, "hard_negatives", guard, threshold)
+    must = run_pair_set(embedder, "must_hits", guard, threshold)
+    must_hits = sum(r.entry is not None for r in must[1])
+    must_recall = must_hits / len(must[0]) if must[0] else 0.0
+    timing = verifier_timing(real_verifier, qqp_eval, *vecs["qqp-eval"])
+
+    trace_judged = tr.right + tr.labelled_wrong
     detail = {
-        "guard_operating_points": operating_points,
+        "precision_target": guard.point.target,
+        "verifier_threshold": guard.point.threshold,
+        "cosine_threshold": threshold,
+        "calibration_cosine_gate": calibration.cosine_gate,
+        "quick": args.quick,
         "qqp_eval_pairs": len(qqp_eval),
-        "qqp_hits": q.hits,
-        "qqp_correct": q.correct,
-        "raw_cosine_at_default_threshold": {
-            "precision": round(raw_default.precision, 4),
-            "recall": round(raw_default.recall, 4),
-            "false_hit_rate": round(raw_default.false_hit_rate, 4),
+        "qqp_duplicates": q.duplicates,
+        "per_pair": {
+            "qqp": {**q.summary(), "false_hit_rate": round(q.false_hit_rate, 4)},
+            "paraphrase": {**p.summary(), "pairs": len(para)},
+            "outcomes": dict(Counter(_kind(r) for r in q_found)),
         },
-        "shared_partition": {
-            "guard": {
-                "precision": round(q_shared.precision, 4),
-                "recall": round(q_shared.recall, 4),
-            },
-            "raw_cosine": {
-                "precision": round(raw_shared.precision, 4),
-                "recall": round(raw_shared.recall, 4),
-            },
+        "operating_points": operating_points,
+        "raw_cosine_at_default_threshold": {
+            **raw_default.summary(),
+            "false_hit_rate": round(raw_default.false_hit_rate, 4),
         },
         "raw_cosine_at_same_qqp_recall": {
             "threshold": round(raw_threshold, 4),
             "qqp_precision": round(raw_at_same, 4),
-            "paraphrase_recall": round(raw_para.recall, 4),
+            "qqp_precision_ci95": _ci(raw_correct, raw_hits),
+            "qqp_recall": round(raw_correct / max(1, q.duplicates), 4),
+            "paraphrase_recall": round(raw_para_recall, 4),
         },
-        "guard_threshold": guard.threshold,
-        "paraphrase_pairs": len(para),
+        "shared_partition": {"guard": q_shared.summary(), "raw_cosine": raw_shared.summary()},
+        "trace": {
+            "questions": tr.lookups,
+            "hits": tr.hits,
+            "right": tr.right,
+            "labelled_wrong": tr.labelled_wrong,
+            "unlabelled": tr.unlabelled,
+            "served_precision": round(tr.served_precision, 4),
+            "served_precision_ci95": _ci(tr.right, tr.hits),
+            "precision_labelled": round(tr.labelled_precision, 4),
+            "precision_labelled_ci95": _ci(tr.right, trace_judged),
+            "could_hit": tr.could_hit,
+            "hits_when_could_hit": tr.hits_when_could_hit,
+            "hit_rate": round(tr.hit_rate, 4),
+            "right_hit_rate": round(tr.right / tr.could_hit, 4) if tr.could_hit else 0.0,
+            "hit_rate_all": round(tr.hits / tr.lookups, 4) if tr.lookups else 0.0,
+            "rejected": tr.rejected,
+            "verifier_rejected": tr.verifier_rejected,
+            "stored": tr.stored,
+            "label_conflicts": tr.label_conflicts,
+            "example_hits": examples["hits"],
+            "example_rejections": examples["rejections"],
+        },
+        "hard_negatives": _pair_set_detail(*hard, show="hit"),
+        "must_hits": _pair_set_detail(*must, show="miss"),
+        "verifier_ms": {k: round(v, 3) for k, v in timing.items()},
+        "verifier_threads": config.verifier_threads,
         "embedder": embedder.backend,
         "seconds": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(detail), file=sys.stderr)
     if not args.no_plot:
-        plot(guard_points, raw_points, (q.recall, q.precision), OUT / "semantic_cache_pr.png")
+        plot(
+            verifier_sweep(q_found, labels, np.linspace(0.0, 1.0, 101)),
+            raw_sweep(sims, labels, np.linspace(0.70, 0.995, 60)),
+            [(key, v["qqp_recall"], v["qqp_precision"]) for key, v in operating_points.items()],
+            OUT / "semantic_cache_pr.png",
+        )
+    hard_hits = sum(r.entry is not None for r in hard[1])
     print(
         json.dumps(
             {
                 "qqp_precision": round(q.precision, 4),
+                "qqp_precision_ci95": q.precision_ci95,
                 "qqp_recall": round(q.recall, 4),
-                "qqp_false_hit_rate": round(q.false_hit_rate, 4),
+                "shared_precision": round(q_shared.precision, 4),
+                "shared_precision_ci95": q_shared.precision_ci95,
+                "shared_recall": round(q_shared.recall, 4),
+                "trace_served_precision": round(tr.served_precision, 4),
+                "trace_served_precision_ci95": _ci(tr.right, tr.hits),
+                "trace_precision_labelled": round(tr.labelled_precision, 4),
+                "trace_precision_labelled_ci95": _ci(tr.right, trace_judged),
+                "trace_hit_rate": round(tr.hit_rate, 4),
+                "trace_hit_rate_all": round(tr.hits / tr.lookups, 4) if tr.lookups else 0.0,
+                "trace_hits": tr.hits,
+                "trace_right": tr.right,
+                "trace_labelled_wrong": tr.labelled_wrong,
+                "trace_unlabelled": tr.unlabelled,
                 "paraphrase_recall": round(p.recall, 4),
+                "hard_negative_false_hits": hard_hits,
+                "must_hit_recall": round(must_recall, 4),
+                "verifier_ms_p50": round(timing["p50"], 3),
+                "precision_target": guard.point.target,
                 "raw_cosine_precision_at_same_recall": round(raw_at_same, 4),
+                "raw_cosine_precision_at_same_recall_ci95": _ci(raw_correct, raw_hits),
                 "threshold": threshold,
+                "quick": args.quick,
             }
         )
     )
 
 
 def plot(
-    guard_points: list[tuple[float, float, float]],
+    verifier_points: list[tuple[float, float, float]],
     raw_points: list[tuple[float, float, float]],
-    default: tuple[float, float],
+    operating: list[tuple[str, float, float]],
     file: Path,
 ) -> None:
-    """Precision/recall curves of the guarded cache and raw cosine."""
+    """Precision/recall curves of the guarded cache (verifier threshold swept) and raw
+    cosine, with the calibrated operating points."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -313,11 +793,25 @@ def plot(
         [r for _, _, r in raw_points], [p for _, p, _ in raw_points], label="raw cosine (top-1)"
     )
     ax.plot(
-        [r for _, _, r in guard_points],
-        [p for _, p, _ in guard_points],
-        label="cosine gate + guard (guard threshold swept)",
+        [r for _, _, r in verifier_points],
+        [p for _, p, _ in verifier_points],
+        label="cosine gate + vetoes + verifier (threshold swept)",
     )
-    ax.scatter([default[0]], [default[1]], marker="*", s=150, color="k", zorder=5, label="default")
+    ax.scatter(
+        [r for _, r, _ in operating],
+        [p for _, _, p in operating],
+        marker="*",
+        s=120,
+        color="k",
+        zorder=5,
+        label="operating points (precision target)",
+    )
+    names: dict[tuple[float, float], list[str]] = {}
+    for name, r, p in operating:  # points with the same figures share one label
+        names.setdefault((r, p), []).append(name)
+    for (r, p), same in names.items():
+        label = "/".join(same)
+        ax.annotate(label, (r, p), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlabel("recall (duplicates served the right answer)")
     ax.set_ylabel("precision (hits that were right)")
     ax.set_title("Semantic cache on the qqp_dev evaluation half")
@@ -325,6 +819,7 @@ def plot(
     ax.legend(loc="lower left")
     file.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(file, dpi=120, bbox_inches="tight")
+    plt.close(fig)
     print(json.dumps({"plot": str(file)}), file=sys.stderr)
 
 
