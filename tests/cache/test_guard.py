@@ -41,6 +41,17 @@ def test_vetoes(a: str, b: str, veto: str) -> None:
         ("How do I lose weight?", "What is the best way to lose weight?"),
         ("It works in two steps: 1) fetch, 2) build.", "It is a two-step process: fetch, build."),
         ("What is the 2nd law of motion?", "What is the second law of motion?"),
+        # Reordered around another direction word, or a "to" of purpose: no swap.
+        ("Cheap flights from London to Paris?", "London to Paris cheap flights?"),
+        (
+            "How do I convert JSON to YAML in Python?",
+            "In Python, what's the way to convert JSON to YAML?",
+        ),
+        # A plural is the same term ("virus" and "viruses" stem alike).
+        (
+            "What's the difference between a virus and bacteria?",
+            "What is the difference between viruses and bacteria?",
+        ),
     ],
 )
 def test_no_veto_on_rewording(a: str, b: str) -> None:
@@ -76,6 +87,12 @@ def test_shipped_weights_load_and_decide() -> None:
         ("How do you convert kilometers to miles?", "How do I convert miles to kilometers?"),
         ("Is Python faster than Java?", "Is Java faster than Python?"),
         ("How do I fly from London to Paris?", "How do I fly from Paris to London?"),
+        # Multi-word terms swap too.
+        ("How do I convert a PDF to Word?", "How do I convert a Word document to PDF?"),
+        (
+            "how do I merge main into my feature branch",
+            "how do I merge my feature branch into main",
+        ),
     ],
 )
 def test_direction_veto(a: str, b: str) -> None:

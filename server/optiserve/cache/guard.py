@@ -127,9 +127,11 @@ class _Parsed:
     negations: int
     entities: frozenset[str]
     wh: str
-    #: (x, y) for content words x before y with a direction word between them
-    #: ("kilometers to miles", "Python better than Java").
-    directed: frozenset[tuple[str, str]]
+    #: (x, direction word, y) for the content words x just before and y just after a
+    #: direction word ("kilometers to miles", "Python better than Java"), and in
+    #: ``directed_wide`` for the last two before and the first two after it.
+    directed: frozenset[tuple[str, str, str]]
+    directed_wide: frozenset[tuple[str, str, str]]
     #: month and weekday names (canonical: ``sept`` = ``september``).
     calendar: frozenset[str]
     #: countries, peoples, languages and programming languages, whatever the case
@@ -178,6 +180,8 @@ def _wh_word(lower: str) -> str:
 
 def _stem(word: str) -> str:
     """A tiny suffix stripper so plural/tense variants count as the same word."""
+    if word.endswith(("us", "ss", "is")):  # virus, class, analysis: no plural "s" to strip
+        return word
     for suffix in ("ing", "ed", "es", "s"):
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
             return word[: -len(suffix)]
@@ -220,7 +224,8 @@ def parse(text: str) -> _Parsed:
         negations=sum(1 for w in words if _is_negation(w)) - (1 if answer_no else 0),
         entities=frozenset(entities),
         wh=_wh_word(text.lower()),
-        directed=_directed(words),
+        directed=_directed(words, 1),
+        directed_wide=_directed(words, 2),
         calendar=frozenset(CALENDAR[w] for w in words if w in CALENDAR),
         names=_names(text, words),
         compared=_compared(words),
@@ -327,9 +332,10 @@ def _unmentioned(terms: frozenset[str], content: frozenset[str]) -> bool:
     )
 
 
-def _directed(words: tuple[str, ...]) -> frozenset[tuple[str, str]]:
-    """Ordered content-word pairs around a direction word (see ``_Parsed.directed``)."""
-    out: set[tuple[str, str]] = set()
+def _directed(words: tuple[str, ...], reach: int) -> frozenset[tuple[str, str, str]]:
+    """(x, direction word, y) for the last ``reach`` content words x before a direction
+    word and the first ``reach`` y after it (see ``_Parsed.directed``)."""
+    out: set[tuple[str, str, str]] = set()
     for i, w in enumerate(words):
         if w not in _DIRECTION:
             continue
@@ -341,10 +347,10 @@ def _directed(words: tuple[str, ...]) -> frozenset[tuple[str, str]]:
             and not (w == "than" and (x in _COMPARATIVE or x.endswith("er")))
         ]
         after = [_stem(x) for x in words[i + 1 :] if x not in _STOPWORDS and x not in _DIRECTION]
-        for x in before[-1:]:
-            for y in after[:1]:
+        for x in before[-reach:]:
+            for y in after[:reach]:
                 if x != y:
-                    out.add((x, y))
+                    out.add((x, w, y))
     return frozenset(out)
 
 
@@ -398,7 +404,13 @@ def _vetoes(pa: _Parsed, pb: _Parsed, missing_max: float) -> list[str]:
     only_b = {e for e in pb.entities - pa.entities if not _same_entity(e, pa)}
     if only_a and only_b:
         out.append("entity")
-    if any((y, x) in pb.directed for x, y in pa.directed):
+    # A swap: the words next to a direction word on one side appear in the other order
+    # within two words of it on the other side ("a PDF to Word" / "a Word document to
+    # PDF"); the direction word must be the same ("flights from London to Paris" /
+    # "London to Paris flights" is no swap).
+    if any((y, w, x) in pb.directed_wide for x, w, y in pa.directed) or any(
+        (y, w, x) in pa.directed_wide for x, w, y in pb.directed
+    ):
         out.append("direction")
     for name, check in _EXTRA_VETOES:
         if check(pa, pb):
