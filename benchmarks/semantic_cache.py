@@ -1,17 +1,18 @@
 """Semantic cache quality: precision and recall of served answers, guard vs raw cosine.
 
 Every lookup goes through the code the server runs per lookup: the FAISS partition index,
-the top candidates at or above the cosine threshold (``CacheConfig.semantic_threshold``),
-and :func:`optiserve.cache.semantic.match` with the real :class:`~optiserve.cache.guard.Guard`
-(hard vetoes, then the int8 pair verifier at one calibrated operating point). The default
-operating point is the config's (``semantic_precision_target``; None = the calibration
-table's default), its target is ``precision_target`` in the JSON line.
+the top candidates (``CANDIDATES``) at or above the cosine threshold
+(``CacheConfig.semantic_threshold``), and :func:`optiserve.cache.semantic.match` with the
+real false-hit :class:`~optiserve.cache.guard.Guard` (hard vetoes, then the logistic model's
+probability against the guard threshold), loaded as the server loads it:
+``Guard.load(CacheConfig.guard_weights, CacheConfig.guard_threshold)`` (None = the threshold
+calibrated in the weights file; ``guard_threshold`` in the JSON line).
 
 Data (``../shared/data/paraphrase``; ``tests/cache/data``):
 
-* qqp: the evaluation half of ``qqp_dev.jsonl`` (``split_halves``' second half, as in
-  :mod:`optiserve.tools.paraphrase_data`; the verifier's training and calibration never read
-  it), pairs ``a``, ``b`` labelled duplicate or not;
+* qqp: the evaluation half of ``qqp_dev.jsonl`` (``split_halves``' second half, the split of
+  :mod:`optiserve.tools.train_guard`; the guard's training and threshold calibration read
+  only the other half), pairs ``a``, ``b`` labelled duplicate or not;
 * paraphrase: ``chatgpt_paraphrases.jsonl`` (all duplicates: recall only);
 * ``hard_negatives.jsonl`` (pairs that must never share an answer) and ``must_hits.jsonl``
   (rewordings that should hit).
@@ -25,12 +26,11 @@ Evaluations:
 * Shared partition (``shared_*``): every ``a`` in one partition, every ``b`` asked; a hit is
   correct only when the pair is a duplicate and the entry served is that pair's ``a`` (or a
   textually identical question); any other hit counts as false (the labels cannot judge it).
-* Operating points: for each target of the verifier's calibration table, a Guard at that
-  point on the per-pair qqp and paraphrase runs (qqp precision, qqp recall, paraphrase
-  recall: the README table), beside the values the calibration measured on its own pairs.
-  The guards share one verifier whose scores are memoised per lookup batch (query and
-  candidates in order): the batch a lookup sends is the same at every point (same cosine
-  gate, same vetoes), so the memo changes no score, only the time.
+* Guard operating points: guard thresholds ``OPERATING_POINTS`` (0.80, the default
+  ``guard.threshold`` (calibrated: 0.735), 0.70, 0.67, 0.63), each a ``Guard.load`` at that
+  threshold on the per-pair qqp and paraphrase runs through :func:`match` (qqp precision,
+  qqp recall, paraphrase recall: the README table). Cosine gate and vetoes are the same at
+  every point.
 * Raw-cosine baseline (``raw_cosine_precision_at_same_recall``), measured in the same run:
   no guard, top-1 cosine, threshold lowered from the top until its per-pair qqp recall
   reaches the default guard's; its precision there (exact over the pairs' cosines, not a
@@ -50,21 +50,26 @@ Evaluations:
   and missed); ``trace_hit_rate`` = hits among those lookups / those lookups (a right hit
   is always one of them; a wrong hit on such a lookup counts as a hit, a hit on a lookup
   that could not hit does not enter the rate); ``trace_right_hit_rate`` = right hits / those
-  lookups; ``trace_hit_rate_all`` = hits / all lookups. The stderr detail shows five hits and
-  five REJECTED lookups (first in trace order) with cosine, verifier score and guard reason.
+  lookups; ``trace_hit_rate_all`` = hits / all lookups (both on stderr). The stderr detail
+  shows five hits and five REJECTED lookups (first in trace order) with cosine, guard
+  probability and guard reason (for a rejection: of the best candidate refused).
 * ``hard_negative_false_hits``: hard-negative pairs, each in its own partition (store ``a``,
   ask ``b``): hits (every one is false); ``must_hit_recall``: the same on the must-hit pairs,
   hits / pairs. Both with the outcome of each lookup (miss below the cosine gate, veto,
-  verifier rejection, hit) on stderr.
-* ``verifier_ms_p50``: median wall time of one ``guard.verifier.score(query, candidates)``
-  call with 3 candidates (the query's 3 nearest ``a`` questions by cosine) for
-  ``TIMING_QUERIES`` questions of the evaluation half, after a warm-up; int8 ONNX Runtime
-  with ``CacheConfig.verifier_threads`` threads, as the server runs it. On a shared machine
-  this includes whatever else runs on the cores.
+  low guard probability, hit) on stderr.
+* ``guard_ms_p50``: median wall time of one ``guard.check(a, b, cosine)`` on real pairs (the
+  first ``TIMING_PAIRS`` of the evaluation half, their own cosine), in a warm process (after
+  ``TIMING_WARMUP`` checks of other pairs) with the cached question ``a`` already in the
+  guard's parse memo and the new question ``b`` parsed by the call: the first check of a
+  lookup in a running server (``guard_ms.new_query`` on stderr). The stderr detail adds the
+  same with both questions parsed (``guard_ms.cold``) and with both memoised
+  (``guard_ms.memo``: features and logistic model only), p50 and p90 each.
+  One Python thread; on a shared machine this includes whatever else runs on the cores.
 
 Every precision comes with its 95% Wilson score interval (:func:`wilson`; ``*_ci95`` keys).
-The verifier threshold swept (cosine gate and vetoes fixed) and raw top-1 cosine swept are
-drawn to ``out/semantic_cache_pr.png`` unless ``--no-plot``. ``--quick`` takes the first
+The guard threshold swept (cosine gate and vetoes fixed; per pair each lookup has one
+candidate, so its guard probability decides it at any threshold) and raw top-1 cosine swept
+are drawn to ``out/semantic_cache_pr.png`` unless ``--no-plot``. ``--quick`` takes the first
 ``QUICK_PAIRS`` pairs of the evaluation half and of the paraphrase set (a smoke run).
 
 Prints a JSON detail object on stderr and one JSON line last on stdout (issue 10's keys).
@@ -94,24 +99,27 @@ from optiserve.cache.exact import EntryTable
 from optiserve.cache.guard import Guard
 from optiserve.cache.index import IndexParams, VectorIndex, set_openmp_threads
 from optiserve.cache.semantic import SemanticMatch, match
-from optiserve.cache.verifier import PairVerifier
 from optiserve.domain.types import CacheOutcome, FinishReason
-from optiserve.tools.paraphrase_data import DATA_DIR, load_pairs, split_halves
+from optiserve.tools.train_guard import load_pairs, split_halves
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "out"
+DATA = ROOT.parent.parent / "shared" / "data" / "paraphrase"
 TEST_DATA = ROOT.parent / "tests" / "cache" / "data"
 
 FloatArray = npt.NDArray[np.float32]
+FloatArray64 = npt.NDArray[np.float64]
 Pair = dict[str, Any]
 
 #: Pairs of the evaluation half (and of the paraphrase set) ``--quick`` keeps.
 QUICK_PAIRS = 600
 #: Seed of the trace's question order.
 TRACE_SEED = 10
-#: Questions timed for ``verifier_ms_p50``, and warm-up calls before them.
-TIMING_QUERIES = 200
-TIMING_WARMUP = 20
+#: Guard thresholds measured on the per-pair runs; None = the default (``guard.threshold``).
+OPERATING_POINTS: tuple[float | None, ...] = (0.80, None, 0.70, 0.67, 0.63)
+#: Pairs timed for ``guard_ms_p50``, and warm-up checks (of other pairs) before them.
+TIMING_PAIRS = 200
+TIMING_WARMUP = 50
 #: Example hits and rejections of the trace shown on stderr.
 EXAMPLES = 5
 #: z of a two-sided 95% interval.
@@ -192,37 +200,6 @@ def embed_cached(embedder: Embedder, texts: list[str], tag: str) -> FloatArray:
     OUT.mkdir(parents=True, exist_ok=True)
     np.save(file, vectors)
     return vectors
-
-
-class MemoVerifier(PairVerifier):
-    """``inner``'s scores, memoised per batch: ``score(query, candidates)`` with the same
-    query and the same candidates in the same order returns the first call's result.
-
-    Per batch, not per pair: the int8 session quantizes activations over the whole batch,
-    so a pair's score can move a little with its batch mates; a lookup's batch is the same
-    at every operating point, so the memo returns exactly what the verifier would.
-    """
-
-    def __init__(self, inner: PairVerifier) -> None:  # the inner one is loaded already
-        self.inner = inner
-        self.folder = inner.folder
-        self.base_path = inner.base_path
-        self.weights_sha256 = inner.weights_sha256
-        self.calibration = inner.calibration
-        self._memo: dict[tuple[str, tuple[str, ...]], FloatArray] = {}
-
-    def score(self, query: str, candidates: list[str]) -> FloatArray:
-        """The inner verifier's scores of this batch (computed once)."""
-        key = (query, tuple(candidates))
-        found = self._memo.get(key)
-        if found is None:
-            found = self.inner.score(query, candidates)
-            self._memo[key] = found
-        return found.copy()
-
-    def score_pairs(self, pairs: list[tuple[str, str]], batch_size: int = 64) -> FloatArray:
-        """Not memoised: the inner verifier's."""
-        return self.inner.score_pairs(pairs, batch_size)
 
 
 def _entry(entry_id: int, partition: str, question: str, vector: FloatArray) -> CacheEntry:
@@ -308,42 +285,60 @@ def evaluate(
 
 
 def _kind(result: SemanticMatch) -> str:
-    """How a lookup ended: hit, veto, verifier (refused it) or miss (below the gate)."""
+    """How a lookup ended: hit, veto, low_score (the guard's probability below its
+    threshold) or miss (below the cosine gate). A REJECTED lookup is named by the guard's
+    reason on its best candidate refused."""
     if result.entry is not None:
         return "hit"
     if result.lookup.outcome is CacheOutcome.REJECTED:
-        return "verifier" if result.verifier_rejected else "veto"
+        return "veto" if "mismatch" in result.lookup.guard_verdict else "low_score"
     return "miss"
 
 
-def verifier_sweep(
-    found: list[SemanticMatch], labels: list[bool], thresholds: npt.NDArray[np.float64]
-) -> list[tuple[float, float, float]]:
-    """(threshold, precision, recall) of the per-pair run with the verifier threshold swept.
+def guard_score(guard: Guard, cached: str, query: str, cosine: float) -> float:
+    """The guard's probability for serving ``cached``'s answer to ``query``; -1 when a hard
+    veto refuses the pair at any threshold."""
+    x, vetoes = guard.analyse(cached, query, cosine)
+    return -1.0 if vetoes else guard.probability_of(x)
 
-    Per pair each lookup has one candidate, so its verifier score (run at the default
-    point, -1 when vetoed or below the cosine gate) decides the outcome at any threshold.
-    """
-    scores = np.array([r.lookup.verifier_score for r in found], dtype=np.float64)
-    gated = np.array([r.lookup.outcome is not CacheOutcome.MISS for r in found])
+
+def pair_scores(pairs: list[Pair], found: list[SemanticMatch], guard: Guard) -> FloatArray64:
+    """Per pair, the guard score (:func:`guard_score`) of its lookup's only candidate (the
+    pair's ``a``: each partition holds one entry); -1 below the cosine gate."""
+    return np.array(
+        [
+            -1.0
+            if r.lookup.outcome is CacheOutcome.MISS
+            else guard_score(guard, str(p["a"]), str(p["b"]), r.lookup.similarity)
+            for p, r in zip(pairs, found, strict=True)
+        ],
+        dtype=np.float64,
+    )
+
+
+def guard_sweep(
+    scores: FloatArray64, labels: list[bool], thresholds: FloatArray64
+) -> list[tuple[float, float, float]]:
+    """(guard threshold, precision, recall) of the per-pair run, guard threshold swept
+    (cosine gate and vetoes fixed): a lookup hits at threshold t when its score >= t."""
     ok = np.array(labels)
     dups = max(1, int(ok.sum()))
     points = []
     for t in thresholds:
-        served = gated & (scores >= 0) & (scores >= t)
+        served = (scores >= 0) & (scores >= t)
         hits = int(served.sum())
         right = int((served & ok).sum())
         points.append((float(t), right / hits if hits else 1.0, right / dups))
     return points
 
 
-def raw_cosines(found: list[SemanticMatch]) -> npt.NDArray[np.float64]:
+def raw_cosines(found: list[SemanticMatch]) -> FloatArray64:
     """Per-pair top-1 cosine of each lookup (its partition holds only the pair's ``a``)."""
     return np.array([r.lookup.similarity for r in found], dtype=np.float64)
 
 
 def raw_sweep(
-    sims: npt.NDArray[np.float64], labels: list[bool], thresholds: npt.NDArray[np.float64]
+    sims: FloatArray64, labels: list[bool], thresholds: FloatArray64
 ) -> list[tuple[float, float, float]]:
     """(threshold, precision, recall) of raw top-1 cosine, threshold swept."""
     ok = np.array(labels)
@@ -358,7 +353,7 @@ def raw_sweep(
 
 
 def raw_at_recall(
-    sims: npt.NDArray[np.float64], labels: list[bool], correct_needed: int
+    sims: FloatArray64, labels: list[bool], correct_needed: int
 ) -> tuple[float, int, int]:
     """(threshold, hits, correct) of raw top-1 cosine at the highest threshold whose
     correct hits reach ``correct_needed`` (the guarded run's recall); nan threshold when
@@ -408,7 +403,8 @@ class TraceResult:
     could_hit: int = 0
     hits_when_could_hit: int = 0
     rejected: int = 0
-    verifier_rejected: int = 0
+    #: REJECTED lookups whose best candidate a hard veto refused (the rest: low probability).
+    rejected_veto: int = 0
     stored: int = 0
     #: Pairs labelled non-duplicate whose questions union-find put in one class.
     label_conflicts: int = 0
@@ -494,15 +490,15 @@ def trace(
                 verdict = "unlabelled"
                 result.unlabelled += 1
             if len(examples["hits"]) < EXAMPLES:
-                examples["hits"].append(_example(question, served, found, verdict))
+                examples["hits"].append(_example(guard, question, served, found, verdict))
             continue
         if found.lookup.outcome is CacheOutcome.REJECTED:
             result.rejected += 1
-            result.verifier_rejected += found.verifier_rejected
+            result.rejected_veto += _kind(found) == "veto"
             if len(examples["rejections"]) < EXAMPLES:
                 best = table.peek(int(found.lookup.entry_id))
                 cached = best.query if best is not None else "?"
-                examples["rejections"].append(_example(question, cached, found, None))
+                examples["rejections"].append(_example(guard, question, cached, found, None))
         entry = _entry(n + 1, "t", question, vector)
         table.put(entry)
         index.add("t", entry.entry_id, vector)
@@ -511,13 +507,19 @@ def trace(
     return result, examples
 
 
-def _example(query: str, cached: str, found: SemanticMatch, verdict: str | None) -> dict[str, Any]:
+def _example(
+    guard: Guard, query: str, cached: str, found: SemanticMatch, verdict: str | None
+) -> dict[str, Any]:
+    """A trace lookup for stderr: the served (or best refused) question, its cosine, and the
+    guard's probability and reason on that pair (the check :func:`match` ran, run again:
+    ``match`` keeps only the reason)."""
+    check = guard.check(cached, query, found.lookup.similarity)
     out: dict[str, Any] = {
         "query": query,
         "cached": cached,
         "cosine": round(found.lookup.similarity, 4),
-        "verifier_score": round(found.lookup.verifier_score, 4),
-        "guard": found.lookup.guard_verdict,
+        "guard_probability": round(check.probability, 4),
+        "guard": check.reason,
     }
     if verdict is not None:
         out["label"] = verdict
@@ -540,9 +542,14 @@ def run_pair_set(
 
 
 def _pair_set_detail(
-    pairs: list[Pair], guarded: list[SemanticMatch], raw: list[SemanticMatch], show: str
+    guard: Guard,
+    pairs: list[Pair],
+    guarded: list[SemanticMatch],
+    raw: list[SemanticMatch],
+    show: str,
 ) -> dict[str, Any]:
-    """Outcomes by kind of pair, and the pairs whose outcome is ``show`` (hit / not hit)."""
+    """Outcomes by kind of pair, and the pairs whose outcome is ``show`` (hit / not hit),
+    with the guard's probability where it judged the pair (None below the cosine gate)."""
     by_kind: dict[str, Counter[str]] = {}
     listed = []
     for p, r in zip(pairs, guarded, strict=True):
@@ -555,7 +562,12 @@ def _pair_set_detail(
                     "b": p["b"],
                     "kind": p.get("kind", ""),
                     "cosine": round(r.lookup.similarity, 4),
-                    "verifier_score": round(r.lookup.verifier_score, 4),
+                    "guard_probability": None
+                    if kind == "miss"
+                    else round(
+                        guard.check(str(p["a"]), str(p["b"]), r.lookup.similarity).probability,
+                        4,
+                    ),
                     "guard": r.lookup.guard_verdict or r.lookup.detail,
                 }
             )
@@ -569,33 +581,54 @@ def _pair_set_detail(
     }
 
 
-def verifier_timing(
-    verifier: PairVerifier, pairs: list[Pair], a_vec: FloatArray, b_vec: FloatArray
-) -> dict[str, float]:
-    """Milliseconds of one ``score(query, 3 candidates)`` call (p50, p90) over real
-    questions: each of the first ``TIMING_QUERIES`` ``b`` with its 3 nearest ``a``."""
-    n = min(TIMING_QUERIES, len(pairs))
-    sims = b_vec[:n] @ a_vec.T
-    nearest = np.argsort(-sims, axis=1)[:, :3]
-    calls = [(str(pairs[i]["b"]), [str(pairs[int(j)]["a"]) for j in nearest[i]]) for i in range(n)]
-    for query, cands in calls[:TIMING_WARMUP]:
-        verifier.score(query, cands)
-    times = []
-    for query, cands in calls:
+def _ms(times: list[float]) -> dict[str, float]:
+    return {"p50": float(np.median(times)), "p90": float(np.percentile(times, 90))}
+
+
+def guard_timing(
+    guard: Guard, pairs: list[Pair], a_vec: FloatArray, b_vec: FloatArray
+) -> dict[str, dict[str, float]]:
+    """Milliseconds of one ``check(a, b, cosine)`` (p50, p90) on the first
+    ``TIMING_PAIRS`` pairs, after ``TIMING_WARMUP`` checks of the pairs after them.
+
+    Each pair gets a fresh guard with ``guard``'s weights and threshold (an empty parse
+    memo): ``new_query`` with ``a`` parsed beforehand (the cached question, as after its
+    first lookup) and ``b`` parsed by the call; ``cold`` with both parsed by the call;
+    ``memo`` with both already memoised.
+    """
+
+    def fresh() -> Guard:
+        return Guard(guard.weights, guard.bias, guard.mean, guard.scale, guard.threshold)
+
+    n = min(TIMING_PAIRS, len(pairs))
+    calls = [
+        (str(p["a"]), str(p["b"]), float(a_vec[i] @ b_vec[i]))
+        for i, p in enumerate(pairs[: n + TIMING_WARMUP])
+    ]
+    warm = fresh()
+    for a, b, cosine in calls[n : n + TIMING_WARMUP] or calls[:TIMING_WARMUP]:
+        warm.check(a, b, cosine)
+    times: dict[str, list[float]] = {"new_query": [], "cold": [], "memo": []}
+    for a, b, cosine in calls[:n]:
+        g = fresh()
         t0 = time.perf_counter()
-        verifier.score(query, cands)
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return {
-        "p50": float(np.median(times)),
-        "p90": float(np.percentile(times, 90)),
-        "calls": float(len(times)),
-    }
+        g.check(a, b, cosine)
+        times["cold"].append((time.perf_counter() - t0) * 1000.0)
+        t0 = time.perf_counter()
+        g.check(a, b, cosine)
+        times["memo"].append((time.perf_counter() - t0) * 1000.0)
+        g = fresh()
+        g.analyse(a, a, 1.0)  # the cached question's parse, memoised
+        t0 = time.perf_counter()
+        g.check(a, b, cosine)
+        times["new_query"].append((time.perf_counter() - t0) * 1000.0)
+    return {k: _ms(v) for k, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print the JSON line."""
     parser = argparse.ArgumentParser(description="semantic cache precision/recall")
-    parser.add_argument("--data", type=Path, default=DATA_DIR)
+    parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument(
         "--quick", action="store_true", help=f"first {QUICK_PAIRS} pairs only (smoke run)"
@@ -606,17 +639,7 @@ def main(argv: list[str] | None = None) -> None:
     # Searches run here as on the cache's worker threads (their OpenMP team size).
     set_openmp_threads(config.faiss_threads)
     embedder = Embedder(threads=2, onnx_dir=OUT / "onnx")
-    guard = Guard.load(
-        config.verifier_path,
-        precision_target=config.semantic_precision_target,
-        onnx_dir=OUT / "onnx",
-        threads=config.verifier_threads,
-    )
-    real_verifier = guard.verifier
-    assert real_verifier.calibration is not None
-    calibration = real_verifier.calibration
-    memo = MemoVerifier(real_verifier)
-    guard = Guard(memo, guard.point)
+    guard = Guard.load(config.guard_weights, config.guard_threshold)
 
     qqp = load_pairs(args.data / "qqp_dev.jsonl")
     _, eval_idx = split_halves(len(qqp))
@@ -633,7 +656,7 @@ def main(argv: list[str] | None = None) -> None:
     threshold = config.semantic_threshold
     labels = [bool(p["duplicate"]) for p in qqp_eval]
 
-    # Per pair, the default operating point, and raw cosine.
+    # Per pair, the default guard, and raw cosine.
     q, q_found = evaluate(qqp_eval, *vecs["qqp-eval"], guard, threshold)
     p, _ = evaluate(para, *vecs["paraphrase"], guard, threshold)
     raw_default, _ = evaluate(qqp_eval, *vecs["qqp-eval"], None, threshold)
@@ -649,40 +672,51 @@ def main(argv: list[str] | None = None) -> None:
     q_shared, _ = evaluate(qqp_eval, *vecs["qqp-eval"], guard, threshold, shared=True)
     raw_shared, _ = evaluate(qqp_eval, *vecs["qqp-eval"], None, threshold, shared=True)
 
-    # Every operating point of the calibration table.
+    # Guard operating points (the default one is the run above).
     operating_points: dict[str, dict[str, Any]] = {}
-    for point in calibration.points:
-        alt = Guard(memo, point)
-        alt_q, _ = evaluate(qqp_eval, *vecs["qqp-eval"], alt, threshold)
-        alt_p, _ = evaluate(para, *vecs["paraphrase"], alt, threshold)
-        operating_points[f"{point.target:g}"] = {
-            "threshold": point.threshold,
+    for point in OPERATING_POINTS:
+        at = guard.threshold if point is None else point
+        if f"{at:g}" in operating_points:
+            continue
+        if at == guard.threshold:
+            alt, alt_q, alt_p = guard, q, p
+        else:
+            alt = Guard.load(config.guard_weights, at)
+            alt_q, _ = evaluate(qqp_eval, *vecs["qqp-eval"], alt, threshold)
+            alt_p, _ = evaluate(para, *vecs["paraphrase"], alt, threshold)
+        operating_points[f"{at:g}"] = {
+            "guard_threshold": alt.threshold,
+            "default": at == guard.threshold,
             "qqp_precision": round(alt_q.precision, 4),
             "qqp_precision_ci95": alt_q.precision_ci95,
             "qqp_recall": round(alt_q.recall, 4),
             "paraphrase_recall": round(alt_p.recall, 4),
             "qqp_hits": alt_q.hits,
-            "calibrated": {
-                "precision": point.precision,
-                "recall": point.recall,
-                "paraphrase_recall": point.paraphrase_recall,
-            },
         }
 
-    # Trace through one partition, the test sets, the verifier's latency.
+    # Per pair the guard's score decides a lookup at any threshold: the sweep (plot) must
+    # give what match() gave at each operating point.
+    scores = pair_scores(qqp_eval, q_found, guard)
+    sweep_consistent = all(
+        (int((scores >= v["guard_threshold"]).sum()), round(point[1], 4), round(point[2], 4))
+        == (v["qqp_hits"], v["qqp_precision"], v["qqp_recall"])
+        for v in operating_points.values()
+        for point in guard_sweep(scores, labels, np.array([v["guard_threshold"]]))
+    )
+
+    # Trace through one partition, the test sets, the guard's latency.
     tr, examples = trace(qqp_eval, *vecs["qqp-eval"], guard, threshold)
     hard = run_pair_set(embedder, "hard_negatives", guard, threshold)
     must = run_pair_set(embedder, "must_hits", guard, threshold)
     must_hits = sum(r.entry is not None for r in must[1])
     must_recall = must_hits / len(must[0]) if must[0] else 0.0
-    timing = verifier_timing(real_verifier, qqp_eval, *vecs["qqp-eval"])
+    timing = guard_timing(guard, qqp_eval, *vecs["qqp-eval"])
 
     trace_judged = tr.right + tr.labelled_wrong
     detail = {
-        "precision_target": guard.point.target,
-        "verifier_threshold": guard.point.threshold,
+        "guard_threshold": guard.threshold,
+        "guard_weights": config.guard_weights or "shipped",
         "cosine_threshold": threshold,
-        "calibration_cosine_gate": calibration.cosine_gate,
         "quick": args.quick,
         "qqp_eval_pairs": len(qqp_eval),
         "qqp_duplicates": q.duplicates,
@@ -692,6 +726,7 @@ def main(argv: list[str] | None = None) -> None:
             "outcomes": dict(Counter(_kind(r) for r in q_found)),
         },
         "operating_points": operating_points,
+        "sweep_consistent": sweep_consistent,
         "raw_cosine_at_default_threshold": {
             **raw_default.summary(),
             "false_hit_rate": round(raw_default.false_hit_rate, 4),
@@ -720,23 +755,24 @@ def main(argv: list[str] | None = None) -> None:
             "right_hit_rate": round(tr.right / tr.could_hit, 4) if tr.could_hit else 0.0,
             "hit_rate_all": round(tr.hits / tr.lookups, 4) if tr.lookups else 0.0,
             "rejected": tr.rejected,
-            "verifier_rejected": tr.verifier_rejected,
+            "rejected_veto": tr.rejected_veto,
+            "rejected_low_score": tr.rejected - tr.rejected_veto,
             "stored": tr.stored,
             "label_conflicts": tr.label_conflicts,
             "example_hits": examples["hits"],
             "example_rejections": examples["rejections"],
         },
-        "hard_negatives": _pair_set_detail(*hard, show="hit"),
-        "must_hits": _pair_set_detail(*must, show="miss"),
-        "verifier_ms": {k: round(v, 3) for k, v in timing.items()},
-        "verifier_threads": config.verifier_threads,
+        "hard_negatives": _pair_set_detail(guard, *hard, show="hit"),
+        "must_hits": _pair_set_detail(guard, *must, show="miss"),
+        "guard_ms": {k: {m: round(x, 4) for m, x in v.items()} for k, v in timing.items()},
+        "guard_timed_pairs": min(TIMING_PAIRS, len(qqp_eval)),
         "embedder": embedder.backend,
         "seconds": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(detail), file=sys.stderr)
     if not args.no_plot:
         plot(
-            verifier_sweep(q_found, labels, np.linspace(0.0, 1.0, 101)),
+            guard_sweep(scores, labels, np.linspace(0.0, 1.0, 101)),
             raw_sweep(sims, labels, np.linspace(0.70, 0.995, 60)),
             [(key, v["qqp_recall"], v["qqp_precision"]) for key, v in operating_points.items()],
             OUT / "semantic_cache_pr.png",
@@ -756,33 +792,27 @@ def main(argv: list[str] | None = None) -> None:
                 "trace_precision_labelled": round(tr.labelled_precision, 4),
                 "trace_precision_labelled_ci95": _ci(tr.right, trace_judged),
                 "trace_hit_rate": round(tr.hit_rate, 4),
-                "trace_hit_rate_all": round(tr.hits / tr.lookups, 4) if tr.lookups else 0.0,
-                "trace_hits": tr.hits,
-                "trace_right": tr.right,
-                "trace_labelled_wrong": tr.labelled_wrong,
-                "trace_unlabelled": tr.unlabelled,
                 "paraphrase_recall": round(p.recall, 4),
                 "hard_negative_false_hits": hard_hits,
                 "must_hit_recall": round(must_recall, 4),
-                "verifier_ms_p50": round(timing["p50"], 3),
-                "precision_target": guard.point.target,
+                "guard_ms_p50": round(timing["new_query"]["p50"], 4),
+                "guard_threshold": guard.threshold,
                 "raw_cosine_precision_at_same_recall": round(raw_at_same, 4),
                 "raw_cosine_precision_at_same_recall_ci95": _ci(raw_correct, raw_hits),
                 "threshold": threshold,
-                "quick": args.quick,
             }
         )
     )
 
 
 def plot(
-    verifier_points: list[tuple[float, float, float]],
+    guard_points: list[tuple[float, float, float]],
     raw_points: list[tuple[float, float, float]],
     operating: list[tuple[str, float, float]],
     file: Path,
 ) -> None:
-    """Precision/recall curves of the guarded cache (verifier threshold swept) and raw
-    cosine, with the calibrated operating points."""
+    """Precision/recall curves of the guarded cache (guard threshold swept) and raw
+    cosine, with the guard's operating points."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -793,9 +823,9 @@ def plot(
         [r for _, _, r in raw_points], [p for _, p, _ in raw_points], label="raw cosine (top-1)"
     )
     ax.plot(
-        [r for _, _, r in verifier_points],
-        [p for _, p, _ in verifier_points],
-        label="cosine gate + vetoes + verifier (threshold swept)",
+        [r for _, _, r in guard_points],
+        [p for _, p, _ in guard_points],
+        label="cosine gate + guard (guard threshold swept)",
     )
     ax.scatter(
         [r for _, r, _ in operating],
@@ -804,7 +834,7 @@ def plot(
         s=120,
         color="k",
         zorder=5,
-        label="operating points (precision target)",
+        label="operating points (guard threshold)",
     )
     names: dict[tuple[float, float], list[str]] = {}
     for name, r, p in operating:  # points with the same figures share one label
