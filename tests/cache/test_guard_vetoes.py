@@ -1,4 +1,5 @@
-"""The guard's lexical vetoes: opposites, calendar values, names, compared terms."""
+"""The guard's lexical vetoes: opposites, calendar values, names, compared terms,
+quantifiers, tense and swapped roles."""
 
 from __future__ import annotations
 
@@ -111,3 +112,46 @@ def test_name_veto(a: str, b: str, veto: bool) -> None:
 )
 def test_compared_veto(a: str, b: str, veto: bool) -> None:
     assert compared_mismatch(parse(a), parse(b)) is veto
+
+
+def _vetoes(a: str, b: str) -> list[str]:
+    return analyse(a, b, 0.9)[1]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "veto"),
+    [
+        ("Do all snakes lay eggs?", "Do most snakes lay eggs?", "quantifier"),
+        ("Does it ever snow in Hawaii?", "Does it always snow in Hawaii?", "quantifier"),
+        ("Is any even number prime?", "Is every even number prime?", "quantifier"),
+        ("Is Pluto a planet?", "Was Pluto a planet?", "tense"),
+        ("Did Caesar defeat Pompey?", "Did Pompey defeat Caesar?", "role"),
+        ("Does the Earth orbit the Sun?", "Does the Sun orbit the Earth?", "role"),
+        ("how to turn on dark mode in chrome", "how to turn off dark mode in chrome", "antonym"),
+        ("How many seconds are in 3 hours?", "How many minutes are in 3 hours?", "antonym"),
+    ],
+)
+def test_quantifier_tense_role_and_more_opposites(a: str, b: str, veto: str) -> None:
+    assert veto in _vetoes(a, b), _vetoes(a, b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        # The same claim, or a shared one.
+        ("Is there any way to speed up pip?", "Is there some way to speed up pip?"),
+        (
+            "Streaming works for some datasets, not all.",
+            "Streaming does not work for all datasets.",
+        ),
+        ("Do all birds fly?", "Does every bird fly?"),
+        # Symmetric joiners and adjacent words trading places are rewordings.
+        ("Python vs Java for web apps?", "Java vs Python for web apps?"),
+        ("How do I delete a git branch?", "How can I delete a branch in git?"),
+        ("What is the tallest mountain in Africa?", "Which mountain is the tallest in Africa?"),
+        # One side has no auxiliary to compare.
+        ("Is Python slow?", "Why is Python slow?"),
+    ],
+)
+def test_rewordings_pass_the_new_vetoes(a: str, b: str) -> None:
+    assert not {"quantifier", "tense", "role"} & set(_vetoes(a, b)), _vetoes(a, b)

@@ -17,7 +17,9 @@ runs two checks on the cached question and the new one:
      it does not negate);
    * entity: each side names a proper noun or acronym the other lacks (``France`` /
      ``Germany``; ``ML`` = ``machine learning``, ``JS`` = ``JavaScript`` are the same);
-   * direction: two words swap sides of to/into/than/from/over (``kilometers to miles``);
+   * direction: two terms swap sides of the same to/into/than/from/over (``kilometers to
+     miles``; also multi-word terms in questions: ``a PDF to Word`` / ``a Word document to
+     PDF``);
    * antonym: one side has a word and the other its opposite, neither both (``shortest`` /
      ``longest``, ``buy`` / ``sell``, ``biased`` / ``unbiased``; lists in
      :mod:`.guard_lexicon`);
@@ -25,7 +27,14 @@ runs two checks on the cached question and the new one:
    * name: each side names a country, people, language or programming language the other
      lacks, whatever the case (``indian`` / ``pakistani``, ``python`` / ``java``);
    * compared: both compare things (``X vs Y``, ``between X and Y``) and each compares a
-     term the other never mentions.
+     term the other never mentions;
+   * quantifier: both quantify and share no claim (``all`` / ``most`` / ``some`` / ``few``:
+     ``Do all snakes lay eggs?`` / ``Do most snakes lay eggs?``);
+   * tense: both open with an auxiliary, one present and one past (``Is Pluto a planet?``
+     / ``Was Pluto a planet?``);
+   * role: the same content words, two trading places across a relation word that is not
+     symmetric (``Did Caesar defeat Pompey?`` / ``Did Pompey defeat Caesar?``; ``X vs Y``,
+     ``X and Y`` and adjacent words such as ``git branch`` / ``branch in git`` are no swap).
 
 2. A small logistic model over cheap features gives the probability that the cached answer
    answers the new question; the match is served when it reaches the calibrated threshold:
@@ -63,6 +72,9 @@ from optiserve.cache.guard_lexicon import (
     NAMES,
     NEGATING_PREFIX_MIN_BASE,
     NEGATING_PREFIXES,
+    QUANTIFIERS,
+    SYMMETRIC_JOINERS,
+    TENSES,
 )
 
 WEIGHTS_FILE = Path(__file__).with_name("guard_weights.json")
@@ -91,6 +103,8 @@ _NEGATED_AUX = _words("do does did is are was were wo ca could would should has 
 #: "opposite question"); reworded paraphrases often move negations around.
 NEGATION_VETO_MAX_MISSING = 0.25
 _DIRECTION = _words("to into than from over")
+#: Texts up to this many words are checked for swaps with two words of reach.
+SWAP_REACH_MAX_WORDS = 20
 _COMPARATIVE = _words("better worse more less rather")
 _WH = ("how many", "how much", "how long", "how old", "how often", "how far")
 _WH_SINGLE = ("what", "why", "how", "when", "where", "who", "whom", "whose", "which")
@@ -408,8 +422,12 @@ def _vetoes(pa: _Parsed, pb: _Parsed, missing_max: float) -> list[str]:
     # within two words of it on the other side ("a PDF to Word" / "a Word document to
     # PDF"); the direction word must be the same ("flights from London to Paris" /
     # "London to Paris flights" is no swap).
-    if any((y, w, x) in pb.directed_wide for x, w, y in pa.directed) or any(
-        (y, w, x) in pa.directed_wide for x, w, y in pb.directed
+    # Two words of reach only for question-length texts: in long statements the wider
+    # pairs meet by chance.
+    short = max(len(pa.words), len(pb.words)) <= SWAP_REACH_MAX_WORDS
+    wide_a, wide_b = (pa.directed_wide, pb.directed_wide) if short else (pa.directed, pb.directed)
+    if any((y, w, x) in wide_b for x, w, y in pa.directed) or any(
+        (y, w, x) in wide_a for x, w, y in pb.directed
     ):
         out.append("direction")
     for name, check in _EXTRA_VETOES:
@@ -418,8 +436,47 @@ def _vetoes(pa: _Parsed, pb: _Parsed, missing_max: float) -> list[str]:
     return out
 
 
+def quantifier_mismatch(pa: _Parsed, pb: _Parsed) -> bool:
+    """Both sides quantify and share no claim (all / most / some / few): "some datasets,
+    not all" and "all datasets" share one, so no veto."""
+    qa = {QUANTIFIERS[w] for w in pa.words if w in QUANTIFIERS}
+    qb = {QUANTIFIERS[w] for w in pb.words if w in QUANTIFIERS}
+    return bool(qa) and bool(qb) and not qa & qb
+
+
+def tense_mismatch(pa: _Parsed, pb: _Parsed) -> bool:
+    """Both questions open with an auxiliary, one in the present and one in the past
+    ("Is Pluto a planet?" / "Was Pluto a planet?")."""
+    ta = TENSES.get(pa.words[0], "") if pa.words else ""
+    tb = TENSES.get(pb.words[0], "") if pb.words else ""
+    return bool(ta) and bool(tb) and ta != tb
+
+
+def role_swap(pa: _Parsed, pb: _Parsed) -> bool:
+    """The same content words, two of them trading places across a relation word that is
+    not symmetric ("Did Caesar defeat Pompey?" / "Did Pompey defeat Caesar?"; "Python vs
+    Java" / "Java vs Python" joins symmetrically and is no swap)."""
+    a = [w for w in pa.words if w not in _STOPWORDS]
+    b = [w for w in pb.words if w not in _STOPWORDS]
+    if len(a) != len(b) or a == b or sorted(a) != sorted(b):
+        return False
+    moved = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+    if len(moved) != 2 or a[moved[0]] != b[moved[1]] or a[moved[1]] != b[moved[0]]:
+        return False
+    first, second = a[moved[0]], a[moved[1]]
+    i, j = pa.words.index(first), pa.words.index(second)
+    between = pa.words[min(i, j) + 1 : max(i, j)]
+    # A relation word stands between them ("defeat", "orbit"); adjacent words trading
+    # places are a reworded compound ("git branch" / "branch in git").
+    relation = any(w not in _STOPWORDS for w in between)
+    return relation and not any(w in SYMMETRIC_JOINERS for w in between)
+
+
 _EXTRA_VETOES = (
     ("antonym", antonym_mismatch),
+    ("quantifier", quantifier_mismatch),
+    ("tense", tense_mismatch),
+    ("role", role_swap),
     ("calendar", calendar_mismatch),
     ("name", name_mismatch),
     ("compared", compared_mismatch),

@@ -62,8 +62,41 @@ ANTONYMS: tuple[tuple[frozenset[str], frozenset[str]], ...] = tuple(
         ("love loves loved", "hate hates hated"),
         ("true", "false"),
         ("open opens opening opened", "close closes closing closed"),
+        ("left", "right"),
+        ("up", "down"),
+        ("on", "off"),
+        ("push pushes pushing pushed", "pull pulls pulling pulled"),
+        ("raise raises raising raised", "lower lowers lowering lowered"),
+        ("freeze freezes freezing froze", "thaw thaws thawing thawed"),
+        ("use", "avoid"),
+        ("recursive recursively", "iterative iteratively"),
+        ("child children kid kids", "adult adults"),
+        ("seconds", "minutes"),
+        ("minutes", "hours"),
+        ("hours", "days"),
+        ("cause causes caused", "effect effects"),
     )
 )
+
+#: Quantifiers by what they claim; two questions whose quantifiers claim different things
+#: ask different questions ("Do all snakes lay eggs?" / "Do most snakes lay eggs?", "Does
+#: it ever snow?" / "Does it always snow?").
+QUANTIFIERS: dict[str, str] = {
+    **{w: "all" for w in _forms("all every each always everyone everything")},
+    **{w: "some" for w in _forms("any some ever sometimes anyone anything someone")},
+    **{w: "most" for w in _forms("most mostly usually")},
+    **{w: "few" for w in _forms("few rarely seldom")},
+}
+
+#: Auxiliaries by tense: "Is Pluto a planet?" / "Was Pluto a planet?" ask about two times.
+TENSES: dict[str, str] = {
+    **{w: "present" for w in _forms("is are am do does has have")},
+    **{w: "past" for w in _forms("was were did had")},
+}
+
+#: Words that join two terms symmetrically: swapping the terms around them changes nothing
+#: ("Python vs Java" / "Java vs Python", "cats and dogs" / "dogs and cats").
+SYMMETRIC_JOINERS = _forms("and or vs versus v between with nor")
 
 #: Prefixes that make a word its opposite (``biased`` / ``unbiased``); used only when the
 #: bare word is at least :data:`NEGATING_PREFIX_MIN_BASE` letters long. ``in-`` and its
