@@ -139,3 +139,13 @@ def test_parse_memo_is_bounded_and_thread_safe() -> None:
     for text in texts[1:8]:
         memo(text)
     assert memo(texts[0]) is recent, "the least recently used goes first"
+
+
+def test_the_same_words_are_served_whatever_the_score() -> None:
+    guard = Guard.load(threshold=0.999)  # a bar no ordinary match clears
+    same = guard.check("What's the capital of Australia?", "what is the capital of australia", 0.91)
+    assert same.accepted and same.reason.startswith("accept same words"), same
+    reordered = guard.check("Is Python slow?", "Python is slow?", 0.97)
+    assert not reordered.accepted, "the same words in another order are not the same question"
+    vetoed = guard.check("What's 2 + 2?", "what is 2 + 3", 0.95)
+    assert not vetoed.accepted and "number" in vetoed.reason

@@ -22,9 +22,9 @@ from optiserve.domain.types import FinishReason
 
 DATA = Path(__file__).parent / "data"
 #: Measured with the guard of this commit: 13 of 360 hard negatives served another's answer
-#: (49 before the quantifier, tense and role vetoes), 101 of 119 rewordings served.
+#: (49 before the quantifier, tense and role vetoes), 102 of 119 rewordings served.
 MAX_FALSE_HITS = 13
-MIN_REWORDINGS_SERVED = 101
+MIN_REWORDINGS_SERVED = 102
 Factory = Callable[..., ResponseCache]
 
 

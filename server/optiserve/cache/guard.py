@@ -3,7 +3,7 @@
 A vector match says two questions are about the same thing; it does not say they ask the
 same thing ("Is X safe?" / "Is X not safe?" are far above the cosine threshold in MiniLM
 space). The guard
-runs two checks on the cached question and the new one:
+runs these checks on the cached question and the new one:
 
 1. Hard vetoes, rules that hold whatever the training data says (QQP rarely contains these
    pairs, so a model trained on it would not learn them; the opposite-question failure is
@@ -36,8 +36,13 @@ runs two checks on the cached question and the new one:
      symmetric (``Did Caesar defeat Pompey?`` / ``Did Pompey defeat Caesar?``; ``X vs Y``,
      ``X and Y`` and adjacent words such as ``git branch`` / ``branch in git`` are no swap).
 
-2. A small logistic model over cheap features gives the probability that the cached answer
-   answers the new question; the match is served when it reaches the calibrated threshold:
+2. The same words in the same order, once case, punctuation and contractions are set
+   aside (``What's the capital of Australia?`` / ``what is the capital of australia``), are
+   the same question: served.
+
+3. Otherwise a small logistic model over cheap features gives the probability that the
+   cached answer answers the new question; the match is served when it reaches the
+   calibrated threshold:
 
    * cosine similarity (and its square);
    * the mismatch flags above as soft features, and a different wh-word;
@@ -483,6 +488,33 @@ _EXTRA_VETOES = (
 )
 
 
+#: Contractions spelled out, so "What's" and "what is" are the same words.
+_CONTRACTIONS = {
+    "whats": ("what", "is"),
+    "whos": ("who", "is"),
+    "wheres": ("where", "is"),
+    "hows": ("how", "is"),
+    "whens": ("when", "is"),
+    "whys": ("why", "is"),
+    "thats": ("that", "is"),
+    "theres": ("there", "is"),
+    "im": ("i", "am"),
+    "youre": ("you", "are"),
+    "theyre": ("they", "are"),
+}
+
+
+def same_words(pa: _Parsed, pb: _Parsed) -> bool:
+    """The two questions are the same words in the same order once case, punctuation and
+    the contractions above are set aside ("What's the capital of Australia?" / "what is
+    the capital of australia"): the same question, whatever the model's score."""
+
+    def spelled(words: tuple[str, ...]) -> list[str]:
+        return [part for w in words for part in _CONTRACTIONS.get(w, (w,))]
+
+    return bool(pa.words) and spelled(pa.words) == spelled(pb.words)
+
+
 def analyse(a: str, b: str, cosine: float) -> tuple[npt.NDArray[np.float64], list[str]]:
     """(the feature vector in :data:`FEATURES` order, the hard vetoes) of the pair."""
     return analyse_parsed(parse(a), parse(b), cosine)
@@ -621,10 +653,13 @@ class Guard:
 
     def check(self, cached_query: str, query: str, cosine: float) -> GuardVerdict:
         """Accept or reject serving ``cached_query``'s answer to ``query``."""
-        x, vetoes = self.analyse(cached_query, query, cosine)
+        pa, pb = self._parse(cached_query), self._parse(query)
+        x, vetoes = analyse_parsed(pa, pb, cosine)
         p = self.probability_of(x)
         if vetoes:
             return GuardVerdict(False, p, f"reject {','.join(vetoes)} mismatch p={p:.3f}")
+        if same_words(pa, pb):
+            return GuardVerdict(True, p, f"accept same words p={p:.3f}")
         if p >= self.threshold:
             return GuardVerdict(True, p, f"accept p={p:.3f}")
         return GuardVerdict(False, p, f"reject low score p={p:.3f} < {self.threshold:.3f}")
