@@ -22,9 +22,11 @@ from optiserve.domain.types import FinishReason
 
 DATA = Path(__file__).parent / "data"
 #: Measured with the guard of this commit: 13 of 360 hard negatives served another's answer
-#: (49 before the quantifier, tense and role vetoes), 102 of 119 rewordings served.
-MAX_FALSE_HITS = 13
-MIN_REWORDINGS_SERVED = 102
+#: (49 before the quantifier, tense and role vetoes), 102 of 119 rewordings served. The
+#: bounds leave a margin of 2 for pairs at a threshold, whose int8 embeddings may differ a
+#: little from one CPU to another.
+MAX_FALSE_HITS = 13 + 2
+MIN_REWORDINGS_SERVED = 102 - 2
 Factory = Callable[..., ResponseCache]
 
 
