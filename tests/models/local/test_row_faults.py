@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 from prometheus_client import CollectorRegistry
 from tiny_lm import TinyLM
+from tiny_lm import running_scheduler as running
 
 from optiserve.domain.errors import OptiserveError, Unavailable, status_code_name
 from optiserve.domain.types import SamplingParams
 from optiserve.models.local import batch as batch_module
 from optiserve.models.local import scheduler as scheduler_module
-from optiserve.models.local.config import EngineConfig
-from optiserve.models.local.metrics import SchedulerMetrics
-from optiserve.models.local.scheduler import Scheduler, SequenceEnd, SequenceHandle, TokenEvent
+from optiserve.models.local.scheduler import SequenceEnd, SequenceHandle, TokenEvent
 from optiserve.models.local.text import IncrementalDetokenizer
 
 WATCHDOG_S = 60.0
@@ -54,25 +52,6 @@ class HookedModel:
         out = self._model(**kwargs)
         self._after(kwargs["input_ids"], out.logits)
         return out
-
-
-@contextmanager
-def running(
-    lm: TinyLM, model: Any = None, **config: Any
-) -> Iterator[tuple[Scheduler, CollectorRegistry]]:
-    registry = CollectorRegistry()
-    scheduler = Scheduler(
-        model if model is not None else lm.model,
-        lm.tokenizer,
-        EngineConfig(**config),
-        SchedulerMetrics(registry),
-        name="tiny",
-    )
-    scheduler.start()
-    try:
-        yield scheduler, registry
-    finally:
-        scheduler.stop()
 
 
 async def collect(handle: SequenceHandle) -> tuple[list[int], str]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from tiny_lm import TinyLM
+from tiny_lm import TinyLM, running_scheduler
 
 from optiserve.domain.errors import (
     DeadlineExceeded,
@@ -47,19 +47,8 @@ class WrappedModel:
 
 @contextmanager
 def running(lm: TinyLM, model: Any = None, **config: Any) -> Iterator[Scheduler]:
-    registry = CollectorRegistry()
-    scheduler = Scheduler(
-        model if model is not None else lm.model,
-        lm.tokenizer,
-        EngineConfig(**config),
-        SchedulerMetrics(registry),
-        name="tiny",
-    )
-    scheduler.start()
-    try:
+    with running_scheduler(lm, model, **config) as (scheduler, _):
         yield scheduler
-    finally:
-        scheduler.stop()
 
 
 async def collect(handle: SequenceHandle) -> tuple[list[int], str, SequenceEnd | None]:

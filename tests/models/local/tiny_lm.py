@@ -4,14 +4,19 @@ driver that runs waves of requests through the batch contract."""
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from prometheus_client import CollectorRegistry
 
 from optiserve.domain.types import SamplingParams
 from optiserve.models.local.batch import CausalLMBatch, SequenceRequest
+from optiserve.models.local.config import EngineConfig
+from optiserve.models.local.metrics import SchedulerMetrics
+from optiserve.models.local.scheduler import Scheduler
 
 
 class TinyLM:
@@ -150,3 +155,24 @@ def twin_workload(lm: TinyLM) -> dict[int, list[int]]:
     reqs[2] = SequenceRequest(2, reqs[2].prompt_ids, held)
     eos = sorted(lm.eos | {second[7], third[0]})
     return run_waves(lm, [reqs[:3], reqs[3:4], reqs[4:]], eos=eos)
+
+
+@contextmanager
+def running_scheduler(
+    lm: TinyLM, model: Any = None, **config: Any
+) -> Iterator[tuple[Scheduler, CollectorRegistry]]:
+    """A started Scheduler for ``lm`` (or ``model`` in its place) with ``config``, and the
+    registry of its metrics; stopped on exit."""
+    registry = CollectorRegistry()
+    scheduler = Scheduler(
+        model if model is not None else lm.model,
+        lm.tokenizer,
+        EngineConfig(**config),
+        SchedulerMetrics(registry),
+        name="tiny",
+    )
+    scheduler.start()
+    try:
+        yield scheduler, registry
+    finally:
+        scheduler.stop()
