@@ -140,3 +140,13 @@ def test_keys_expire_a_little_after_their_period(replicas: list[Budgets], redis_
     left = (resets_at + EXPIRY_GRACE - resets_at.now(resets_at.tzinfo)).total_seconds()
     for key in client.keys(PREFIX + "*"):
         assert left - 5 < client.pttl(key) / 1000 <= left
+
+
+def test_a_redis_restarted_empty_does_not_go_negative(
+    replicas: list[Budgets], redis_url: str
+) -> None:
+    running = replicas[0].reserve("acme", D("0.4"))
+    redis.Redis.from_url(redis_url).flushall()  # as if Redis restarted without persistence
+    running.settle(D("0.1"))
+    (row, *_) = replicas[1].status()
+    assert (row.spent_usd, row.reserved_usd) == (D("0.1"), D(0))

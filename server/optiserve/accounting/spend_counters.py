@@ -22,7 +22,9 @@ each replica enforces every limit on *its own* spend (what it spent since start,
 its ledger, plus what it spends during the outage), so the fleet together can pass a limit,
 at most by a factor of the number of replicas. What Redis missed during the outage (charges,
 and the ends of reservations it holds) is kept and added to Redis once it answers again, so
-the shared totals catch up.
+the shared totals catch up. Give that Redis persistence (RDB or AOF): a Redis restarted
+empty forgets the period's shared spend, and replicas put back only what their own ledgers
+hold when they next start (:meth:`Budgets.load_from`).
 """
 
 from __future__ import annotations
@@ -217,10 +219,13 @@ return over
 """
 
 _APPLY = """
--- For each KEYS[i]: ARGV[3i-2] added to settled, ARGV[3i-1] to reserved, ARGV[3i] = expiry
+-- For each KEYS[i]: ARGV[3i-2] added to settled, ARGV[3i-1] to reserved, ARGV[3i] = expiry.
+-- Reserved never goes below 0 (a Redis restarted empty forgot the reservations it held).
 for i = 1, #KEYS do
   redis.call('HINCRBY', KEYS[i], 'settled', ARGV[3 * i - 2])
-  redis.call('HINCRBY', KEYS[i], 'reserved', ARGV[3 * i - 1])
+  if redis.call('HINCRBY', KEYS[i], 'reserved', ARGV[3 * i - 1]) < 0 then
+    redis.call('HSET', KEYS[i], 'reserved', 0)
+  end
   redis.call('PEXPIREAT', KEYS[i], ARGV[3 * i])
 end
 return 0
