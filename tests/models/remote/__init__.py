@@ -1,0 +1,1 @@
+"""Tests of the remote provider backends against the mock provider (tests/providers)."""
