@@ -34,7 +34,6 @@ import collections
 import json
 import socket
 import struct
-import sys
 import threading
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -330,4 +329,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -163,7 +163,7 @@ async def test_a_reply_without_usage_is_marked_not_reported(
 async def test_finish_reasons(
     backends: Backends, mock: MockProvider, kind: str, finish: str, reason: FinishReason
 ) -> None:
-    mock.script(Reply.ok("cut short", finish=finish))  # type: ignore[arg-type]
+    mock.script(Reply.ok("cut short", finish=finish))
     assert (await collect(backends(kind), request())).finish.finish_reason is reason
 
 

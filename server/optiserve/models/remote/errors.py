@@ -22,8 +22,9 @@ timeout (connect or between events)            Unavailable, or     yes        ye
 Whether a failure is retried also depends on when it happened: once text reached the
 client nothing is (see :mod:`~optiserve.models.remote.upstream`). The API key never appears
 in a message: the provider's messages are redacted, a rejected key gets a fixed message
-naming only where the key came from, and domain errors are raised ``from None`` so no SDK
-exception (whose request carries the key's header) rides along in a traceback.
+naming only where the key came from, and the caller raises the domain error outside the
+``except`` block, so no SDK exception (whose request carries the key's header) rides along
+as its cause or context.
 """
 
 from __future__ import annotations
@@ -97,9 +98,12 @@ class ProviderErrors:
         """Why a call cannot be made without a key (for FailedPrecondition)."""
         return self._key_source
 
-    def classify(self, exc: BaseException, *, deadline_passed: bool) -> Failure:
-        """The domain meaning of ``exc`` (an exception from an SDK call or its stream)."""
+    def classify(self, exc: BaseException, *, deadline_passed: bool, mid_stream: bool) -> Failure:
+        """The domain meaning of ``exc`` (an exception from an SDK call, or from its stream
+        once the provider accepted the call: ``mid_stream``)."""
         name = self._name
+        if mid_stream and isinstance(exc, _CONNECTION_ERRORS) and not isinstance(exc, _TIMEOUTS):
+            exc = StreamCut(_cause(exc))
         if isinstance(exc, _STATUS_ERRORS):
             return self._status(exc.status_code, exc.response.headers, exc)
         if isinstance(exc, _TIMEOUTS):

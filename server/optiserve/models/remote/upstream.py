@@ -48,7 +48,7 @@ from optiserve.domain.types import (
 from optiserve.models.base import BackendDelta, BackendEvent, BackendFinish, BackendStart
 from optiserve.models.config import ModelConfig
 from optiserve.models.remote.config import ProviderConfig
-from optiserve.models.remote.errors import ProviderErrors, StreamCut
+from optiserve.models.remote.errors import Failure, ProviderErrors, StreamCut
 from optiserve.models.remote.pools import ProviderPool, ProviderPools
 from optiserve.models.remote.prompts import request_text
 from optiserve.models.remote.replicas import ClientT, Replica
@@ -92,6 +92,8 @@ class _Call:
     """What one upstream call produced."""
 
     pieces: list[str] = field(default_factory=list)
+    #: The provider accepted the call (a failure from now on cuts its stream).
+    accepted: bool = False
     #: True once a piece was yielded to the caller (the call can no longer be retried).
     sent: bool = False
     usage: TokenCounts | None = None
@@ -241,6 +243,7 @@ class RemoteBackend(ABC, Generic[ClientT]):
             call = _Call()
             verdict: bool | None = None
             pool.replicas.started(replica)
+            failure: Failure | None = None
             try:
                 events = self._call(replica.client, request, schema, self._timeout(request))
                 try:
@@ -248,14 +251,16 @@ class RemoteBackend(ABC, Generic[ClientT]):
                         if not started:
                             started = True
                             yield BackendStart(prompt_tokens=bound, measured=False)
-                        if isinstance(event, Text):
+                        if isinstance(event, Accepted):
+                            call.accepted = True
+                        elif isinstance(event, Text):
                             call.add(event.text)
                             if schema is None:
                                 call.sent = True
                                 yield BackendDelta(event.text, 1)
                         elif isinstance(event, Usage):
                             call.usage = event.counts
-                        elif isinstance(event, Final):
+                        else:
                             call.reason = event.reason
                 finally:
                     await events.aclose()
@@ -265,20 +270,25 @@ class RemoteBackend(ABC, Generic[ClientT]):
             except OptiserveError:  # ours (a deadline, a prompt the provider cannot take)
                 raise
             except Exception as exc:
-                failure = self._errors.classify(exc, deadline_passed=_passed(request.deadline))
+                failure = self._errors.classify(
+                    exc, deadline_passed=_passed(request.deadline), mid_stream=call.accepted
+                )
                 verdict = False if failure.replica_fault else None
+            finally:
+                pool.replicas.finished(replica, ok=verdict)
+            if failure is not None:
+                # Raised here, outside the except block: the SDK's exception (whose request
+                # holds the key's header) is not even the domain error's __context__.
                 wait = None
                 if failure.retryable and not call.sent:
                     wait = self._policy.wait_s(
                         len(tried), failure.retry_after_s, request.deadline, time.monotonic()
                     )
                 if wait is None:
-                    raise failure.error from None
+                    raise failure.error
                 self._log_retry(replica, failure.error.message, len(tried), wait)
                 await asyncio.sleep(wait)
                 continue
-            finally:
-                pool.replicas.finished(replica, ok=verdict)
             done.append(call)
             if schema is None:
                 yield self._finish(done, bound, first=call.first_at, last=call.last_at)
