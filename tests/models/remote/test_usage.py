@@ -4,6 +4,7 @@ its info, sampling and input checks."""
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 import anthropic
@@ -13,6 +14,7 @@ import pytest
 from optiserve.domain.errors import FailedPrecondition, InvalidRequest
 from optiserve.domain.pricing import TokenCounts, prompt_token_bound
 from optiserve.domain.types import FinishReason, ModelKind, SamplingParams, Tier
+from optiserve.models.base import BackendDelta, BackendStart
 from providers.mock_provider import MockProvider, Reply, Usage
 
 from .helpers import SECRET, Backends, collect, request
@@ -213,3 +215,28 @@ def test_check_input_refuses_only_what_cannot_fit(backends: Backends) -> None:
     backend.check_input(request("x" * 3000, max_new_tokens=200))  # ~750 + 200 fits
     with pytest.raises(InvalidRequest, match=r"about 1000 tokens.*\(200\).*\(1000\)"):
         backend.check_input(request("x" * 4000, max_new_tokens=200))
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_a_caller_that_stops_early_closes_the_call(
+    backends: Backends, mock: MockProvider, kind: str
+) -> None:
+    """Closing the stream (client gone) or cancelling it (deadline) frees the replica at
+    once, and no error is raised."""
+    mock.default_reply = Reply.ok("a b c d e f g h", chunk_delay_s=0.05)
+    backend = backends(kind)
+    replica = backend._pool.replicas.replicas[0]  # type: ignore[union-attr]
+    stream = backend.stream(request())
+    assert isinstance(await anext(stream), BackendStart)
+    assert isinstance(await anext(stream), BackendDelta)
+    assert replica.outstanding == 1
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert replica.outstanding == 0
+
+    task = asyncio.create_task(collect(backend, request()))
+    await asyncio.sleep(0.12)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert replica.outstanding == 0 and replica.failures_in_row == 0
+    assert (await collect(backend, request())).text == "a b c d e f g h"

@@ -31,16 +31,10 @@ from anthropic.types import (
 
 from optiserve.domain.pricing import TokenCounts
 from optiserve.domain.types import FinishReason, GenerateRequest
+from optiserve.models.remote.events import Accepted, Final, Text, UpstreamEvent, Usage
 from optiserve.models.remote.prompts import anthropic_prompt
 from optiserve.models.remote.structured import AnswerSchema
-from optiserve.models.remote.upstream import (
-    Accepted,
-    Final,
-    RemoteBackend,
-    Text,
-    UpstreamEvent,
-    Usage,
-)
+from optiserve.models.remote.upstream import RemoteBackend
 
 _FINISH = {"max_tokens": FinishReason.LENGTH, "stop_sequence": FinishReason.STOP_SEQUENCE}
 

@@ -24,16 +24,10 @@ import openai
 
 from optiserve.domain.pricing import TokenCounts
 from optiserve.domain.types import FinishReason, GenerateRequest
+from optiserve.models.remote.events import Accepted, Final, Text, UpstreamEvent, Usage
 from optiserve.models.remote.prompts import openai_messages
 from optiserve.models.remote.structured import AnswerSchema
-from optiserve.models.remote.upstream import (
-    Accepted,
-    Final,
-    RemoteBackend,
-    Text,
-    UpstreamEvent,
-    Usage,
-)
+from optiserve.models.remote.upstream import RemoteBackend
 
 #: The SDK refuses to start without a key; a keyless OpenAI-compatible provider gets this
 #: stand-in, and every call omits the Authorization header.

@@ -2,9 +2,9 @@
 call, with bounded retries, replica choice, structured-output checks and usage.
 
 A provider backend (:mod:`.openai_backend`, :mod:`.anthropic_backend`) only says how to
-build its SDK client and how to turn one streamed call into :data:`UpstreamEvent` values;
-:class:`RemoteBackend` does the rest. Every call is streamed, also for Generate (the service
-collects the stream), so usage always comes the same way.
+build its SDK client and how to turn one streamed call into :data:`.events.UpstreamEvent`
+values; :class:`RemoteBackend` does the rest. Every call is streamed, also for Generate (the
+service collects the stream), so usage always comes the same way.
 
 Retries: a call that fails before any text reached the caller is retried per
 :class:`~.retry.RetryPolicy` (at most ``1 + max_retries`` calls per request), each on the
@@ -25,8 +25,9 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
-from typing import Generic
+from typing import Any, Generic
 
 import httpx2
 
@@ -49,6 +50,7 @@ from optiserve.models.base import BackendDelta, BackendEvent, BackendFinish, Bac
 from optiserve.models.config import ModelConfig
 from optiserve.models.remote.config import ProviderConfig
 from optiserve.models.remote.errors import Failure, ProviderErrors, StreamCut
+from optiserve.models.remote.events import Accepted, Text, UpstreamEvent, Usage
 from optiserve.models.remote.pools import ProviderPool, ProviderPools
 from optiserve.models.remote.prompts import request_text
 from optiserve.models.remote.replicas import ClientT, Replica
@@ -56,35 +58,6 @@ from optiserve.models.remote.retry import RetryPolicy
 from optiserve.models.remote.structured import AnswerSchema
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """The provider accepted the call (its response headers arrived)."""
-
-
-@dataclass(frozen=True)
-class Text:
-    """A piece of the answer (for a structured answer: a piece of its JSON)."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Usage:
-    """The provider's token counts for the call, normalised."""
-
-    counts: TokenCounts
-
-
-@dataclass(frozen=True)
-class Final:
-    """The provider's final event: the call ended, for this reason."""
-
-    reason: FinishReason
-
-
-UpstreamEvent = Accepted | Text | Usage | Final
 
 
 @dataclass
@@ -106,6 +79,21 @@ class _Call:
         self.pieces.append(text)
         self.first_at = self.first_at or now
         self.last_at = now
+
+
+@dataclass
+class _Run:
+    """One request across its calls."""
+
+    schema: AnswerSchema | None
+    #: prompt_token_bound of the request's text.
+    bound: int
+    tried: list[Replica[Any]] = field(default_factory=list)
+    #: Calls that completed (with their final event), for the finish's counts.
+    done: list[_Call] = field(default_factory=list)
+    started: bool = False
+    #: A non-conforming structured answer was already retried.
+    rechecked: bool = False
 
 
 class RemoteBackend(ABC, Generic[ClientT]):
@@ -232,40 +220,22 @@ class RemoteBackend(ABC, Generic[ClientT]):
         """Stream the answer (see the module docstring and the Backend protocol)."""
         pool = self._ready_pool()
         pool.bind_loop()
-        schema = AnswerSchema.parse(request.json_schema) if request.json_schema else None
-        bound = prompt_token_bound(request_text(request))
-        done: list[_Call] = []
-        tried: list[Replica[ClientT]] = []
-        started = checked = False
+        run = _Run(
+            schema=AnswerSchema.parse(request.json_schema) if request.json_schema else None,
+            bound=prompt_token_bound(request_text(request)),
+        )
         while True:
-            replica = pool.replicas.pick(tried)
-            tried.append(replica)
+            replica = pool.replicas.pick(run.tried)
+            run.tried.append(replica)
             call = _Call()
+            failure: Failure | None = None
             verdict: bool | None = None
             pool.replicas.started(replica)
-            failure: Failure | None = None
             try:
-                events = self._call(replica.client, request, schema, self._timeout(request))
-                try:
-                    async for event in events:
-                        if not started:
-                            started = True
-                            yield BackendStart(prompt_tokens=bound, measured=False)
-                        if isinstance(event, Accepted):
-                            call.accepted = True
-                        elif isinstance(event, Text):
-                            call.add(event.text)
-                            if schema is None:
-                                call.sent = True
-                                yield BackendDelta(event.text, 1)
-                        elif isinstance(event, Usage):
-                            call.usage = event.counts
-                        else:
-                            call.reason = event.reason
-                finally:
-                    await events.aclose()
-                if call.reason is None:
-                    raise StreamCut(f"{len(call.pieces)} text chunks received")
+                # aclosing: a caller that stops early closes the provider's stream now.
+                async with aclosing(self._relay(replica.client, request, run, call)) as relay:
+                    async for event in relay:
+                        yield event
                 verdict = True
             except OptiserveError:  # ours (a deadline, a prompt the provider cannot take)
                 raise
@@ -279,35 +249,59 @@ class RemoteBackend(ABC, Generic[ClientT]):
             if failure is not None:
                 # Raised here, outside the except block: the SDK's exception (whose request
                 # holds the key's header) is not even the domain error's __context__.
-                wait = None
-                if failure.retryable and not call.sent:
-                    wait = self._policy.wait_s(
-                        len(tried), failure.retry_after_s, request.deadline, time.monotonic()
-                    )
+                wait = self._retry_wait(failure, call, run, request.deadline)
                 if wait is None:
                     raise failure.error
-                self._log_retry(replica, failure.error.message, len(tried), wait)
+                self._log_retry(replica, failure.error.message, len(run.tried), wait)
                 await asyncio.sleep(wait)
                 continue
-            done.append(call)
-            if schema is None:
-                yield self._finish(done, bound, first=call.first_at, last=call.last_at)
+            run.done.append(call)
+            if run.schema is None:
+                yield self._finish(run, first=call.first_at, last=call.last_at)
                 return
-            answer, problem = schema.check(
+            answer, problem = run.schema.check(
                 "".join(call.pieces), tool_input=self.structured_as_tool_input
             )
             if problem is None:
                 now = time.monotonic()
                 yield BackendDelta(answer, len(call.pieces))
-                yield self._finish(done, bound, first=now, last=now)
+                yield self._finish(run, first=now, last=now)
                 return
-            if checked or len(tried) >= self._policy.max_calls:
+            if run.rechecked or len(run.tried) >= self._policy.max_calls:
                 raise Unavailable(
                     f"provider answer does not match response_format.json_schema: {problem} "
-                    f"(provider {self._provider.name!r}, {len(done)} answers checked)"
+                    f"(provider {self._provider.name!r}, {len(run.done)} answers checked)"
                 )
-            checked = True
-            self._log_retry(replica, f"non-conforming answer: {problem}", len(tried), 0.0)
+            run.rechecked = True
+            self._log_retry(replica, f"non-conforming answer: {problem}", len(run.tried), 0.0)
+
+    async def _relay(
+        self, client: ClientT, request: GenerateRequest, run: _Run, call: _Call
+    ) -> AsyncGenerator[BackendEvent, None]:
+        """One upstream call as backend events (the start once per request; text at once
+        unless a structured answer is held back), recorded in ``call``. Raises StreamCut
+        when the call ends without its final event."""
+        events = self._call(client, request, run.schema, self._timeout(request))
+        try:
+            async for event in events:
+                if not run.started:
+                    run.started = True
+                    yield BackendStart(prompt_tokens=run.bound, measured=False)
+                if isinstance(event, Accepted):
+                    call.accepted = True
+                elif isinstance(event, Text):
+                    call.add(event.text)
+                    if run.schema is None:
+                        call.sent = True
+                        yield BackendDelta(event.text, 1)
+                elif isinstance(event, Usage):
+                    call.usage = event.counts
+                else:
+                    call.reason = event.reason
+        finally:
+            await events.aclose()
+        if call.reason is None:
+            raise StreamCut(f"{len(call.pieces)} text chunks received")
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -335,14 +329,27 @@ class RemoteBackend(ABC, Generic[ClientT]):
             read, connect = min(read, left), min(connect, left)
         return httpx2.Timeout(read, connect=connect)
 
-    def _finish(
-        self, calls: list[_Call], bound: int, *, first: float | None, last: float | None
-    ) -> BackendFinish:
-        """The finish: the summed counts of ``calls`` (a call without usage counts the
-        prompt's bound and the chunks it sent, and marks the usage as not reported)."""
+    def _retry_wait(
+        self, failure: Failure, call: _Call, run: _Run, deadline: float | None
+    ) -> float | None:
+        """Seconds to wait before the next call, or None: fail now (not retryable, text
+        already sent, calls spent, or the wait would outlast the deadline)."""
+        if not failure.retryable or call.sent:
+            return None
+        return self._policy.wait_s(
+            len(run.tried), failure.retry_after_s, deadline, time.monotonic()
+        )
+
+    def _finish(self, run: _Run, *, first: float | None, last: float | None) -> BackendFinish:
+        """The finish: the summed counts of the completed calls (a call without usage
+        counts the prompt's bound and the chunks it sent, and marks the usage as not
+        reported)."""
+        calls = run.done
         total = TokenCounts()
         for call in calls:
-            counts = call.usage or TokenCounts(input_tokens=bound, output_tokens=len(call.pieces))
+            counts = call.usage or TokenCounts(
+                input_tokens=run.bound, output_tokens=len(call.pieces)
+            )
             total = _add(total, counts)
         reason = calls[-1].reason
         assert reason is not None
