@@ -13,10 +13,12 @@ timeout (connect or between events)            Unavailable, or     yes        ye
                                                DeadlineExceeded
                                                once the request's
                                                deadline passed
+408, 409, an error event inside a stream       Unavailable         yes        no
 401 / 403                                      Unauthenticated     no         no
 400 / 404 / 413 / 422 and other 4xx            InvalidRequest      no         no
                                                (the provider's
                                                message)
+anything else (a bug here or in the SDK)       Internal            no         no
 =============================================  ==================  =========  ===========
 
 Whether a failure is retried also depends on when it happened: once text reached the
@@ -30,6 +32,7 @@ as its cause or context.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +42,7 @@ import openai
 
 from optiserve.domain.errors import (
     DeadlineExceeded,
+    Internal,
     InvalidRequest,
     OptiserveError,
     RateLimited,
@@ -47,6 +51,8 @@ from optiserve.domain.errors import (
 )
 from optiserve.models.remote.config import ProviderConfig
 from optiserve.models.remote.retry import retry_after_s
+
+log = logging.getLogger(__name__)
 
 _STATUS_ERRORS = (openai.APIStatusError, anthropic.APIStatusError)
 _TIMEOUTS = (openai.APITimeoutError, anthropic.APITimeoutError, httpx2.TimeoutException)
@@ -135,10 +141,14 @@ class ProviderErrors:
         if isinstance(exc, (openai.APIError, anthropic.APIError)):  # e.g. an error event
             error = Unavailable(f"provider {name!r} failed: {self.redact(_message(exc, exc.body))}")
             return Failure(error, retryable=True, replica_fault=True)
-        error = Unavailable(
-            f"provider {name!r} call failed: {type(exc).__name__}: {self.redact(str(exc))}"
+        # Not a provider fault: a bug here or in the SDK. Logged with its traceback (no SDK
+        # API error gets this far, so no provider message, let alone the key, is in it).
+        log.error("provider %r call failed unexpectedly", name, exc_info=exc)
+        error = Internal(
+            f"calling provider {name!r} failed inside the server: {type(exc).__name__}: "
+            f"{self.redact(str(exc))}"
         )
-        return Failure(error, retryable=False, replica_fault=True)
+        return Failure(error, retryable=False, replica_fault=False)
 
     def _status(
         self, status: int, headers: httpx2.Headers, exc: openai.APIError | anthropic.APIError

@@ -42,6 +42,7 @@ _CLOSE_WAIT_S = 5.0
 class ProviderPool(Generic[ClientT]):
     """A provider's HTTP pool, SDK clients and replicas."""
 
+    provider: ProviderConfig
     http: httpx2.AsyncClient
     replicas: ReplicaSet[ClientT]
     users: int = 0
@@ -71,6 +72,8 @@ class ProviderPools:
             if pool is None:
                 pool = _new_pool(provider, build)
                 self._pools[provider.name] = pool
+            elif pool.provider != provider:
+                raise ValueError(f"two different providers are named {provider.name!r}")
             pool.users += 1
             return cast(ProviderPool[ClientT], pool)
 
@@ -111,6 +114,7 @@ def _new_pool(provider: ProviderConfig, build: ClientFactory[ClientT]) -> Provid
     urls: tuple[str | None, ...] = provider.base_urls or (None,)
     replicas = [Replica(url or "(default)", build(url, http)) for url in urls]
     return ProviderPool(
+        provider,
         http,
         ReplicaSet(
             replicas,
