@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from optiserve.accounting.config import BudgetConfig, LedgerConfig
 from optiserve.cache.config import CacheConfig, EmbedderQuantize
 from optiserve.config import (
     DEFAULT_MODELS,
@@ -25,6 +26,8 @@ from optiserve.config import (
     load_config,
 )
 from optiserve.domain.settings import SettingError, choices
+from optiserve.models.remote.config import ProviderConfig
+from optiserve.routing.config import RouteConfig
 
 
 def load_text(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Config:
@@ -108,7 +111,24 @@ BAD_FILES = [
     ('[cache]\nredis_url = "localhost:6379"\n', "cache.redis_url must start with redis://"),
     ("[cache]\nttl_s = nan\n", "cache.ttl_s: expected a finite number, got nan"),
     ('[[models]]\nname = "a"\nsource = "x"\ndtype = "int3"\n', "models[0].dtype must be one of"),
-    ('[[models]]\nname = "a"\nsource = "x"\nprovider = "openai"\n', "models[0].provider must be"),
+    (
+        '[[models]]\nname = "a"\nsource = "x"\nprovider = "openai"\n',
+        "models[0].provider 'openai' is neither 'local' nor a [[providers]] name",
+    ),
+    (
+        '[[providers]]\nname = "o"\nkind = "openai"\n[[models]]\nname = "a"\nsource = "x"\n'
+        'provider = "o"\n',
+        "models[0].context_length is required for a remote model",
+    ),
+    (
+        '[[providers]]\nname = "v"\nkind = "openai_compatible"\n',
+        "providers[0].base_urls an openai_compatible provider needs at least one base URL",
+    ),
+    (
+        '[[routes]]\nname = "auto"\nmodels = ["nope"]\n',
+        "routes[0].models 'nope' is not one of the model names",
+    ),
+    ("[budget]\ndaily_usd = -1\n", "budget.daily_usd must be >= 0"),
     ('[[models]]\nname = "a"\n', "models[0].source is required"),
     ('[[models]]\nname = "a"\nsource = "x"\ndevice = "gpu"\n', "models[0].device must be"),
     (
@@ -285,8 +305,15 @@ def test_readme_documents_every_setting() -> None:
         ("logging", LoggingConfig),
         ("engine", EngineConfig),
         ("cache", CacheConfig),
+        ("budget", BudgetConfig),
+        ("ledger", LedgerConfig),
     ):
         keys += [f"`{section}.{f.name}`" for f in dataclasses.fields(cls)]
-    keys += [f"`[[models]] {f.name}`" for f in dataclasses.fields(ModelConfig)]
+    for table, cls in (
+        ("models", ModelConfig),
+        ("providers", ProviderConfig),
+        ("routes", RouteConfig),
+    ):
+        keys += [f"`[[{table}]] {f.name}`" for f in dataclasses.fields(cls)]
     missing = [key for key in keys if key not in readme]
     assert not missing, f"README.md's configuration reference lacks {missing}"

@@ -19,6 +19,7 @@ from optiserve.domain.errors import (
     QueueFull,
     Unavailable,
 )
+from optiserve.domain.pricing import BudgetPressure
 from optiserve.domain.types import (
     CacheLayer,
     FinishReason,
@@ -31,6 +32,7 @@ from optiserve.domain.types import (
 )
 from optiserve.models.base import BackendDelta, BackendEvent, BackendFinish, BackendStart
 from optiserve.models.catalogue import ModelCatalogue
+from optiserve.routing.planner import Planner
 from optiserve.service import Service
 
 
@@ -93,20 +95,25 @@ def _request(prompt: str, **kwargs: object) -> GenerateRequest:
     return GenerateRequest(request_id="r", prompt=prompt, **kwargs)  # type: ignore[arg-type]
 
 
-def test_catalogue_resolves_default_and_names() -> None:
-    catalogue = ModelCatalogue([("a", ScriptedBackend("a")), ("b", ScriptedBackend("b"))], "b")
-    assert catalogue.resolve("")[0] == "b"
-    assert catalogue.resolve("a")[0] == "a"
+def _planner(backends: list[tuple[str, ScriptedBackend]], default: str) -> Planner:
+    return Planner.of_models(ModelCatalogue(backends), default)
+
+
+def test_planner_resolves_default_and_names() -> None:
+    planner = _planner([("a", ScriptedBackend("a")), ("b", ScriptedBackend("b"))], "b")
+    pressure = BudgetPressure()
+    assert planner.plan(_request("x"), pressure).chain == ("b",)
+    assert planner.plan(_request("x", model="a"), pressure).chain == ("a",)
     with pytest.raises(ModelNotFound, match="serves: a, b"):
-        catalogue.resolve("c")
-    assert [(m.name, m.default) for m in catalogue.models()] == [("a", False), ("b", True)]
-    with pytest.raises(ValueError, match="default model"):
-        ModelCatalogue([("a", ScriptedBackend("a"))], "zzz")
+        planner.plan(_request("x", model="c"), pressure)
+    assert [(m.name, m.default) for m in planner.models()] == [("a", False), ("b", True)]
+    with pytest.raises(ValueError, match="neither a model nor a route"):
+        _planner([("a", ScriptedBackend("a"))], "zzz")
 
 
 async def test_generate_streams_and_accounts() -> None:
     backend = ScriptedBackend("m")
-    service = Service(ModelCatalogue([("m", backend)], "m"), UsageTracker())
+    service = Service(_planner([("m", backend)], "m"), UsageTracker())
     events = [e async for e in service.stream(_request("one two three"))]
     assert [e.text for e in events if isinstance(e, TextDelta)] == ["three ", "two ", "one "]
     end = events[-1]
@@ -123,7 +130,7 @@ async def test_generate_streams_and_accounts() -> None:
 
 async def test_errors_are_counted_and_raised() -> None:
     backend = ScriptedBackend("m", fail=QueueFull("full", retry_after_s=1.0))
-    service = Service(ModelCatalogue([("m", backend)], "m"), UsageTracker())
+    service = Service(_planner([("m", backend)], "m"), UsageTracker())
     with pytest.raises(QueueFull):
         await service.generate(_request("x"))
     with pytest.raises(InvalidRequest, match="max_new_tokens"):
@@ -134,7 +141,7 @@ async def test_errors_are_counted_and_raised() -> None:
 async def test_cache_write_is_off_the_response_path(tmp_path: Path) -> None:
     cache = _cache(tmp_path, SlowStoreCache)
     backend = ScriptedBackend("m")
-    service = Service(ModelCatalogue([("m", backend)], "m"), UsageTracker(), cache)
+    service = Service(_planner([("m", backend)], "m"), UsageTracker(), cache)
     started = time.perf_counter()
     result = await service.generate(_request("cache me please"))
     elapsed = time.perf_counter() - started
@@ -155,7 +162,7 @@ async def test_cache_write_is_off_the_response_path(tmp_path: Path) -> None:
 async def test_full_write_queue_drops_and_counts(tmp_path: Path) -> None:
     cache = _cache(tmp_path, SlowStoreCache)
     service = Service(
-        ModelCatalogue([("m", ScriptedBackend("m"))], "m"),
+        _planner([("m", ScriptedBackend("m"))], "m"),
         UsageTracker(),
         cache,
         max_pending_stores=2,
@@ -171,7 +178,7 @@ async def test_full_write_queue_drops_and_counts(tmp_path: Path) -> None:
 
 async def test_drain_refuses_new_work_and_waits_for_writes(tmp_path: Path) -> None:
     cache = _cache(tmp_path, SlowStoreCache)
-    service = Service(ModelCatalogue([("m", ScriptedBackend("m"))], "m"), UsageTracker(), cache)
+    service = Service(_planner([("m", ScriptedBackend("m"))], "m"), UsageTracker(), cache)
     await service.generate(_request("written while draining"))
     assert service.pending_stores == 1
     await service.drain(5.0)
@@ -184,7 +191,7 @@ async def test_drain_refuses_new_work_and_waits_for_writes(tmp_path: Path) -> No
 
 async def test_drain_gives_up_after_its_grace(tmp_path: Path) -> None:
     cache = _cache(tmp_path, SlowStoreCache)
-    service = Service(ModelCatalogue([("m", ScriptedBackend("m"))], "m"), UsageTracker(), cache)
+    service = Service(_planner([("m", ScriptedBackend("m"))], "m"), UsageTracker(), cache)
     await service.generate(_request("slow write"))
     started = time.perf_counter()
     await service.drain(0.05)
@@ -252,7 +259,7 @@ def _outcomes(service: Service) -> tuple[int, int, int, int, int, int]:
 
 async def test_a_stream_closed_by_its_consumer_is_cancelled_with_its_tokens() -> None:
     backend = CutBackend(hang=True)
-    service = Service(ModelCatalogue([("m", backend)], "m"), UsageTracker())
+    service = Service(_planner([("m", backend)], "m"), UsageTracker())
     events = service.stream(_request("x"))
     assert isinstance(await anext(events), TextDelta)
     assert isinstance(await anext(events), TextDelta)
@@ -262,7 +269,7 @@ async def test_a_stream_closed_by_its_consumer_is_cancelled_with_its_tokens() ->
 
 
 async def test_a_stream_closed_after_its_deadline_is_deadline_exceeded() -> None:
-    service = Service(ModelCatalogue([("m", CutBackend(hang=True))], "m"), UsageTracker())
+    service = Service(_planner([("m", CutBackend(hang=True))], "m"), UsageTracker())
     events = service.stream(_request("x", deadline=time.monotonic() + 0.05))
     await anext(events)
     await asyncio.sleep(0.1)
@@ -272,7 +279,7 @@ async def test_a_stream_closed_after_its_deadline_is_deadline_exceeded() -> None
 
 async def test_a_cancelled_task_is_cancelled_or_deadline_by_the_request_deadline() -> None:
     for deadline, expected in ((None, (1, 0, 1, 0, 4, 6)), (0.0, (1, 0, 0, 1, 4, 6))):
-        service = Service(ModelCatalogue([("m", CutBackend(hang=True))], "m"), UsageTracker())
+        service = Service(_planner([("m", CutBackend(hang=True))], "m"), UsageTracker())
         request = _request("x", deadline=None if deadline is None else time.monotonic())
         task = asyncio.create_task(service.generate(request))
         await asyncio.sleep(0.05)
@@ -295,14 +302,14 @@ async def test_a_cancelled_task_is_cancelled_or_deadline_by_the_request_deadline
 async def test_a_failed_stream_is_counted_once_with_its_tokens(
     fail: Exception | None, expected: tuple[int, ...]
 ) -> None:
-    service = Service(ModelCatalogue([("m", CutBackend(fail=fail))], "m"), UsageTracker())
+    service = Service(_planner([("m", CutBackend(fail=fail))], "m"), UsageTracker())
     with pytest.raises(type(fail) if fail is not None else Unavailable):
         await service.generate(_request("x"))
     assert _outcomes(service) == expected
 
 
 async def test_a_completed_request_is_ok_once() -> None:
-    service = Service(ModelCatalogue([("m", ScriptedBackend("m"))], "m"), UsageTracker())
+    service = Service(_planner([("m", ScriptedBackend("m"))], "m"), UsageTracker())
     await service.generate(_request("a b c"))  # closes the stream after its summary
     events = [e async for e in service.stream(_request("d e"))]
     assert isinstance(events[-1], StreamEnd)
@@ -312,7 +319,7 @@ async def test_a_completed_request_is_ok_once() -> None:
 async def test_a_cut_cache_replay_is_cancelled(tmp_path: Path) -> None:
     cache = _cache(tmp_path)
     service = Service(
-        ModelCatalogue([("m", ScriptedBackend("m"))], "m"),
+        _planner([("m", ScriptedBackend("m"))], "m"),
         UsageTracker(),
         cache,
         replay_chunk_chars=1,
@@ -331,7 +338,7 @@ async def test_usage_of_an_unknown_model_and_a_schema_nobody_honours() -> None:
     from optiserve.domain.errors import FailedPrecondition
 
     backend = ScriptedBackend("m")
-    service = Service(ModelCatalogue([("m", backend)], "m"), UsageTracker())
+    service = Service(_planner([("m", backend)], "m"), UsageTracker())
     with pytest.raises(ModelNotFound, match=r"^unknown model 'zzz'; this server serves: m$"):
         service.usage("zzz")
     assert service.usage("m").models == []

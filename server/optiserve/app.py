@@ -13,12 +13,21 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
+from optiserve.accounting.budget import Budgets
+from optiserve.accounting.ledger import Ledger
+from optiserve.accounting.spend import Spending
+from optiserve.accounting.spend_counters import (
+    MemorySpendCounters,
+    RedisSpendCounters,
+    SpendCounters,
+)
 from optiserve.accounting.usage import UsageTracker
 from optiserve.cache import ResponseCache
 from optiserve.cache.metrics import register_cache_metrics
@@ -27,7 +36,11 @@ from optiserve.models.base import Backend
 from optiserve.models.catalogue import ModelCatalogue
 from optiserve.models.local.backend import LocalHFBackend
 from optiserve.models.local.metrics import SchedulerMetrics
+from optiserve.models.remote.factory import build_remote_backend
+from optiserve.models.remote.pools import ProviderPools
 from optiserve.process_settings import apply_process_settings
+from optiserve.routing.planner import Planner
+from optiserve.routing.router import Router
 from optiserve.rpc.interceptors import server_interceptors
 from optiserve.rpc.limits import AdmissionInterceptor, CallLimits
 from optiserve.rpc.reflection import enable_reflection
@@ -41,9 +54,48 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OptiServe"].full_name
 
 
-def build_backends(config: Config, metrics: SchedulerMetrics) -> list[tuple[str, Backend]]:
-    """One backend per configured model (not loaded yet)."""
-    return [(m.name, LocalHFBackend(m, config.engine, metrics)) for m in config.models]
+def build_backends(
+    config: Config, metrics: SchedulerMetrics, pools: ProviderPools
+) -> list[tuple[str, Backend]]:
+    """One backend per configured model (not loaded yet); remote models of one provider
+    share its pooled HTTP client through ``pools``."""
+    backends: list[tuple[str, Backend]] = []
+    for m in config.models:
+        if m.local:
+            backends.append((m.name, LocalHFBackend(m, config.engine, metrics)))
+        else:
+            provider = config.provider(m.provider)
+            backends.append((m.name, build_remote_backend(m, provider, pools=pools)))
+    return backends
+
+
+def build_planner(config: Config, catalogue: ModelCatalogue) -> Planner:
+    """The planner: the configured routes over the catalogue's models."""
+    infos = {m.name: m for m in catalogue.models()}
+    router = Router(config.routes, infos, config.budget.pressure_fraction)
+    return Planner(catalogue, router, config.default_model_name())
+
+
+def open_spending(config: Config) -> Spending:
+    """The ledger (when enabled) and the budgets (when a limit is set), loaded from the
+    ledger so a restart keeps today's and this month's spend (blocking: call off the loop)."""
+    ledger = None
+    if config.ledger.enabled:
+        path = Path(config.ledger.path) if config.ledger.path else None
+        ledger = Ledger(path or config.resolved_data_dir() / "ledger.sqlite3")
+    b = config.budget
+    if not any((b.daily_usd, b.monthly_usd, b.tenant_daily_usd, b.tenant_monthly_usd)):
+        return Spending(None, ledger)
+    counters: SpendCounters = MemorySpendCounters()
+    shared = bool(config.cache.redis_url)
+    if shared:
+        counters = RedisSpendCounters(
+            config.cache.redis_url, timeout_s=config.cache.redis_timeout_s
+        )
+    budgets = Budgets(b, counters)
+    if ledger is not None:
+        budgets.load_from(ledger)
+    return Spending(budgets, ledger, shared_counters=shared)
 
 
 class OptiserveApp:
@@ -52,8 +104,11 @@ class OptiserveApp:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.registry = CollectorRegistry()
-        self.backends = build_backends(config, SchedulerMetrics(self.registry))
-        self.catalogue = ModelCatalogue(self.backends, config.default_model_name())
+        self.pools = ProviderPools()
+        self.backends = build_backends(config, SchedulerMetrics(self.registry), self.pools)
+        self.catalogue = ModelCatalogue(self.backends)
+        self.planner = build_planner(config, self.catalogue)
+        self.spending: Spending | None = None
         self.cache: ResponseCache | None = None
         self.service: Service | None = None
         self.health = health.aio.HealthServicer()
@@ -75,10 +130,12 @@ class OptiserveApp:
                 ResponseCache.open, self.config.cache, self.config.resolved_data_dir()
             )
             register_cache_metrics(self.cache, self.registry)
+        self.spending = await asyncio.to_thread(open_spending, self.config)
         self.service = Service(
-            self.catalogue,
+            self.planner,
             UsageTracker(),
             self.cache,
+            spending=self.spending,
             replay_chunk_chars=self.config.cache.replay_chunk_chars,
             max_pending_stores=self.config.cache.max_pending_writes,
         )
@@ -115,7 +172,7 @@ class OptiserveApp:
             extra={
                 "address": f"{cfg.host}:{self.port}",
                 "models": [n for n, _ in self.backends],
-                "default_model": self.catalogue.default,
+                "default_model": self.planner.default,
                 "torch_threads": self.config.engine.torch_threads,
                 "start_s": round(time.perf_counter() - started, 2),
             },
@@ -146,6 +203,8 @@ class OptiserveApp:
             await asyncio.to_thread(backend.close)
         if self.cache is not None:
             await asyncio.to_thread(self.cache.close)
+        if self.spending is not None:
+            await asyncio.to_thread(self.spending.close)
         if self._metrics_server is not None:
             self._metrics_server[0].shutdown()
             self._metrics_server = None

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from optiserve.accounting.config import BudgetConfig, LedgerConfig
 from optiserve.cache.config import CacheConfig
 from optiserve.domain.settings import (
     SettingError,
@@ -43,6 +44,8 @@ from optiserve.domain.settings import (
 )
 from optiserve.models.config import DEMO_SOURCE, ModelConfig
 from optiserve.models.local.config import EngineConfig
+from optiserve.models.remote.config import ProviderConfig
+from optiserve.routing.config import RouteConfig
 
 ENV_PREFIX = "OPTISERVE_"
 
@@ -126,8 +129,12 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
     models: tuple[ModelConfig, ...] = ()
-    #: Model served when a request names none (empty = the first model).
+    providers: tuple[ProviderConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+    #: Model or route served when a request names none (empty = the first model).
     default_model: str = ""
     #: Where caches and ledgers live ("" = $XDG_DATA_HOME/optiserve).
     data_dir: str = ""
@@ -142,11 +149,38 @@ class Config:
                 "unique",
             )
             seen[m.name] = i
+        providers = _unique_names(self.providers, "providers")
+        for i, m in enumerate(self.models):
+            require(
+                m.local or m.provider in providers,
+                f"models[{i}].provider",
+                f"{m.provider!r} is neither 'local' nor a [[providers]] name "
+                f"({', '.join(sorted(providers)) or 'none configured'})",
+            )
+            require(
+                m.local or m.context_length > 0,
+                f"models[{i}].context_length",
+                "is required for a remote model (its context window in tokens)",
+            )
+        routes = _unique_names(self.routes, "routes")
+        for i, r in enumerate(self.routes):
+            require(r.name not in seen, f"routes[{i}].name", f"{r.name!r} is also a model name")
+            for name in r.models:
+                require(
+                    name in seen,
+                    f"routes[{i}].models",
+                    f"{name!r} is not one of the model names {sorted(seen)}",
+                )
         require(
-            not self.default_model or self.default_model in seen,
+            not self.default_model or self.default_model in seen or self.default_model in routes,
             "default_model",
-            f"{self.default_model!r} is not one of the model names {sorted(seen)}",
+            f"{self.default_model!r} is not one of the model or route names "
+            f"{sorted([*seen, *routes])}",
         )
+
+    def provider(self, name: str) -> ProviderConfig:
+        """The [[providers]] entry called ``name``."""
+        return next(p for p in self.providers if p.name == name)
 
     def resolved_data_dir(self) -> Path:
         """The data directory, created if needed."""
@@ -161,6 +195,15 @@ class Config:
     def default_model_name(self) -> str:
         """The name of the model that serves requests naming none."""
         return self.default_model or (self.models[0].name if self.models else "")
+
+
+def _unique_names(items: tuple[Any, ...], where: str) -> set[str]:
+    """The ``name`` of each item; SettingError naming the second of two equal names."""
+    names: set[str] = set()
+    for i, item in enumerate(items):
+        require(item.name not in names, f"{where}[{i}].name", f"{item.name!r} is used twice")
+        names.add(item.name)
+    return names
 
 
 #: The embedded default: the demo model shipped with the package.
@@ -182,6 +225,14 @@ _SECTIONS: dict[str, type[Any]] = {
     "logging": LoggingConfig,
     "engine": EngineConfig,
     "cache": CacheConfig,
+    "budget": BudgetConfig,
+    "ledger": LedgerConfig,
+}
+#: Arrays of tables ([[models]], [[providers]], [[routes]]), configured in the file only.
+_LISTS: dict[str, type[Any]] = {
+    "models": ModelConfig,
+    "providers": ProviderConfig,
+    "routes": RouteConfig,
 }
 _TOP_LEVEL = ("default_model", "data_dir")
 
@@ -238,6 +289,13 @@ def _coerce(value: Any, annotation: Any, key: str, origin: str = "") -> Any:
             raise ConfigError(f"{key}: expected a finite number, got {value!r}{origin}")
     elif annotation is str:
         result = value if text else None
+    elif typing.get_origin(annotation) is tuple:
+        if text:
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            result = tuple(value)
+        else:
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}{origin}")
     else:  # pragma: no cover - every settings field is one of the kinds above
         raise ConfigError(f"{key}: unsupported setting type {annotation!r}")
     if result is None:
@@ -306,8 +364,8 @@ def load_config(
         if not isinstance(table, dict):
             raise ConfigError(f"{name}: expected a table ([{name}]), got {table!r}")
         sections[name] = dict(table)
-    top: dict[str, Any] = {k: v for k, v in raw.items() if k not in _SECTIONS and k != "models"}
-    allowed_top = sorted([*_TOP_LEVEL, *_SECTIONS, "models"])
+    top: dict[str, Any] = {k: v for k, v in raw.items() if k not in _SECTIONS and k not in _LISTS}
+    allowed_top = sorted([*_TOP_LEVEL, *_SECTIONS, *_LISTS])
     for key in top:
         if key not in _TOP_LEVEL:
             raise ConfigError(_unknown(key, key, allowed_top, "top-level key"))
@@ -319,9 +377,9 @@ def load_config(
         rest = key[len(ENV_PREFIX) :].lower()
         if "__" in rest:
             section, _, name = rest.partition("__")
-            if section == "models":
+            if section in _LISTS:
                 raise ConfigError(
-                    f"{key}: models are configured in the file only ([[models]] tables)"
+                    f"{key}: {section} are configured in the file only ([[{section}]] tables)"
                 )
             if section not in sections:
                 raise ConfigError(_unknown(key, section, sorted(_SECTIONS), "section"))
@@ -338,20 +396,20 @@ def load_config(
         sections[section][name] = value
         origins[section][name] = " (from the command line)"
 
-    models_raw = raw.get("models", [])
-    if not isinstance(models_raw, list):
-        raise ConfigError(f"models: expected an array of tables ([[models]]), got {models_raw!r}")
-    models = (
-        tuple(_build(ModelConfig, m, f"models[{i}]") for i, m in enumerate(models_raw))
-        or DEFAULT_MODELS
-    )
+    lists: dict[str, Any] = {}
+    for name, cls in _LISTS.items():
+        items = raw.get(name, [])
+        if not isinstance(items, list):
+            raise ConfigError(f"{name}: expected an array of tables ([[{name}]]), got {items!r}")
+        lists[name] = tuple(_build(cls, m, f"{name}[{i}]") for i, m in enumerate(items))
+    lists["models"] = lists["models"] or DEFAULT_MODELS
     built = {
         name: _build(cls, sections[name], name, origins[name]) for name, cls in _SECTIONS.items()
     }
     hints = typing.get_type_hints(Config)
     scalars = {k: _coerce(v, hints[k], k, origins[""].get(k, "")) for k, v in top.items()}
     try:
-        return Config(**built, models=models, **scalars)
+        return Config(**built, **lists, **scalars)
     except SettingError as exc:
         raise ConfigError(f"{exc.field} {exc.problem}{origins[''].get(exc.field, '')}") from exc
 

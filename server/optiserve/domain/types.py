@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from optiserve.domain.pricing import Prices
+
 
 @dataclass(frozen=True)
 class ChatMessage:
@@ -60,6 +62,17 @@ class CachePolicy:
     ttl_s: float | None = None
 
 
+class CompressionMode(enum.Enum):
+    """Prompt compression a request asks for (the router may turn it on under budget
+    pressure)."""
+
+    OFF = "off"
+    #: Whitespace runs, repeated lines and boilerplate removed; the meaning is kept.
+    LOSSLESS = "lossless"
+    #: Also drops low-information words, never inside code, JSON or quoted text.
+    LOSSY = "lossy"
+
+
 @dataclass(frozen=True)
 class GenerateRequest:
     """A request for one completion (exactly one of ``prompt`` / ``messages`` is set)."""
@@ -71,6 +84,9 @@ class GenerateRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     cache: CachePolicy = field(default_factory=CachePolicy)
     max_cost_usd: float | None = None
+    #: The lowest model quality score a route may choose (None: any).
+    min_quality: float | None = None
+    compression: CompressionMode = CompressionMode.OFF
     json_schema: str = ""
     tenant: str = "anonymous"
     #: Absolute deadline on the ``time.monotonic()`` clock, if the caller set one.
@@ -88,11 +104,20 @@ class FinishReason(enum.Enum):
 
 @dataclass(frozen=True)
 class Usage:
-    """Token counts measured by the serving model's tokenizer."""
+    """Token counts measured by the serving model (its tokenizer, or the provider's reply).
+
+    ``prompt_tokens`` is the whole prompt, including the provider prompt-cache reads and
+    writes counted apart. ``cached_tokens`` are answer tokens served from optiserve's own
+    cache. ``estimated`` is True when the provider reported no usage: the request was then
+    charged its reserved worst case.
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    provider_cache_read_tokens: int = 0
+    provider_cache_write_tokens: int = 0
+    estimated: bool = False
 
 
 class CacheLayer(enum.Enum):
@@ -124,12 +149,46 @@ class CacheLookup:
 
 
 @dataclass(frozen=True)
+class RouteTrace:
+    """How a route chose its model (empty when the request named a model)."""
+
+    route: str = ""
+    #: The rule that decided, in words (e.g. "cheapest model of tier >= balanced that fits").
+    rule: str = ""
+    #: The prompt features the complexity score was computed from, by name.
+    features: tuple[tuple[str, float], ...] = ()
+    complexity: float = 0.0
+    #: The tier the score asked for.
+    tier: str = ""
+    #: Spend over the tightest budget limit when the decision was made (0..1+).
+    budget_pressure: float = 0.0
+    #: What the same tokens would have cost on the route's most capable model.
+    premium_model: str = ""
+    premium_cost_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class CompressionTrace:
+    """What prompt compression did (``mode`` "off" when it did not run)."""
+
+    mode: str = "off"
+    tokens_before: int = 0
+    tokens_after: int = 0
+    #: Why it was skipped or switched on, in words ("" when asked for and run).
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class DecisionTrace:
     """How the server decided to answer."""
 
     cache: tuple[CacheLookup, ...] = ()
     route_reason: str = ""
+    #: Models tried before the one that answered, each with why it was left
+    #: ("model: UNAVAILABLE: ...").
     fallbacks: tuple[str, ...] = ()
+    route: RouteTrace = field(default_factory=RouteTrace)
+    compression: CompressionTrace = field(default_factory=CompressionTrace)
 
 
 @dataclass(frozen=True)
@@ -182,6 +241,23 @@ class StreamEnd:
 StreamEvent = TextDelta | StreamEnd
 
 
+class Tier(enum.Enum):
+    """A model's price/capability class, in increasing order of cost."""
+
+    LOCAL = "local"
+    CHEAP = "cheap"
+    BALANCED = "balanced"
+    PREMIUM = "premium"
+
+    @property
+    def rank(self) -> int:
+        """0 for local up to 3 for premium."""
+        return _TIER_RANK[self]
+
+
+_TIER_RANK = {Tier.LOCAL: 0, Tier.CHEAP: 1, Tier.BALANCED: 2, Tier.PREMIUM: 3}
+
+
 class ModelKind(enum.Enum):
     """Where a model runs."""
 
@@ -201,8 +277,12 @@ class ModelInfo:
     context_length: int
     demo: bool = False
     description: str = ""
-    input_price_per_mtok: float = 0.0
-    output_price_per_mtok: float = 0.0
+    prices: Prices = field(default_factory=Prices)
+    #: The provider's own id of the model ("" for local models).
+    provider_model: str = ""
+    tier: Tier = Tier.LOCAL
+    #: Quality score in [0, 1] from the configuration (higher is more capable).
+    quality: float = 0.0
     quantization: str = "none"
     default: bool = False
     #: The largest max_new_tokens accepted, and what an unset one means (0: not known).
@@ -210,3 +290,5 @@ class ModelInfo:
     default_max_new_tokens: int = 0
     #: True when the model honours a request's json_schema.
     structured_output: bool = False
+    #: For a route: the models it may choose, in fallback order.
+    route_models: tuple[str, ...] = ()

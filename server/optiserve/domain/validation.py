@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import math
 
+from jsonschema.exceptions import SchemaError
+from jsonschema.validators import validator_for
+
 from optiserve.domain.errors import InvalidRequest
 from optiserve.domain.types import GenerateRequest
 
@@ -41,7 +44,8 @@ def validate_request(request: GenerateRequest) -> None:
         raise InvalidRequest(f"sampling.top_p must be in (0, 1], got {s.top_p}")
     if s.top_k < 0:
         raise InvalidRequest(f"sampling.top_k must be >= 0 (0 disables it), got {s.top_k}")
-    # Validated now; the router enforces it once remote providers (which cost money) land.
+    if request.min_quality is not None and not 0.0 <= request.min_quality <= 1.0:
+        raise InvalidRequest(f"budget.min_quality must be in [0, 1], got {request.min_quality}")
     if request.max_cost_usd is not None and not request.max_cost_usd >= 0:
         raise InvalidRequest(f"budget.max_cost_usd must be >= 0, got {request.max_cost_usd}")
     if request.json_schema:
@@ -49,9 +53,10 @@ def validate_request(request: GenerateRequest) -> None:
 
 
 def validate_json_schema(schema: str) -> None:
-    """``response_format.json_schema`` must be a JSON object (a JSON Schema document).
+    """``response_format.json_schema`` must be a valid JSON Schema document (an object,
+    checked against the metaschema of its ``$schema``, draft 2020-12 by default).
 
-    Only its shape is checked here; whether the model can honour it is the service's call.
+    Whether the model can honour it is the service's call.
     """
     allowed = 'a JSON Schema object such as {"type": "object"}, or empty for free text'
     try:
@@ -65,6 +70,14 @@ def validate_json_schema(schema: str) -> None:
             f"response_format.json_schema must be a JSON object, got a JSON "
             f"{_json_kind(document)}; it must be {allowed}"
         )
+    try:
+        validator_for(document).check_schema(document)
+    except SchemaError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+        raise InvalidRequest(
+            f"response_format.json_schema is not a valid JSON Schema: {exc.message} "
+            f"(at {where}); it must be {allowed}"
+        ) from None
 
 
 def _json_kind(value: object) -> str:

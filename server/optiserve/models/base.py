@@ -6,14 +6,18 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from optiserve.domain.pricing import TokenCounts
 from optiserve.domain.types import FinishReason, GenerateRequest, ModelInfo, SamplingParams
 
 
 @dataclass(frozen=True)
 class BackendStart:
-    """The prompt was accepted by the model: its measured size, before any output."""
+    """The prompt was accepted by the model: its size before any output (measured by a
+    local tokenizer; a remote provider reports it only at the end, so a remote backend
+    sends :func:`~optiserve.domain.pricing.prompt_token_bound` and ``measured=False``)."""
 
     prompt_tokens: int
+    measured: bool = True
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,26 @@ class BackendFinish:
     #: Seconds (monotonic clock) when the first and the last token were produced.
     first_token_at: float | None
     last_token_at: float | None
-    cost_usd: float = 0.0
+    #: Provider prompt-cache tokens, part of ``prompt_tokens`` (see
+    #: :class:`~optiserve.domain.pricing.TokenCounts`).
+    cache_read_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    #: False when the provider's reply carried no usage: the counts are then bounds and
+    #: the request is charged its reserved worst case.
+    usage_reported: bool = True
+
+    @property
+    def counts(self) -> TokenCounts:
+        """The tokens by kind, normalised."""
+        cached = self.cache_read_tokens + self.cache_write_5m_tokens + self.cache_write_1h_tokens
+        return TokenCounts(
+            input_tokens=max(self.prompt_tokens - cached, 0),
+            output_tokens=self.completion_tokens,
+            cache_read_tokens=self.cache_read_tokens,
+            cache_write_5m_tokens=self.cache_write_5m_tokens,
+            cache_write_1h_tokens=self.cache_write_1h_tokens,
+        )
 
 
 BackendEvent = BackendStart | BackendDelta | BackendFinish

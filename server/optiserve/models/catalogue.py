@@ -1,9 +1,8 @@
-"""The models this server serves, by name, and the default route."""
+"""The models this server serves, by name."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 
 from optiserve.domain.errors import ModelNotFound
 from optiserve.domain.types import ModelInfo
@@ -11,25 +10,28 @@ from optiserve.models.base import Backend
 
 
 class ModelCatalogue:
-    """Backends by name; resolves the model a request names (or the default)."""
+    """Backends by name (routes and the default are the planner's: routing/planner.py)."""
 
-    def __init__(self, backends: Iterable[tuple[str, Backend]], default: str) -> None:
+    def __init__(self, backends: Iterable[tuple[str, Backend]]) -> None:
         self._backends = dict(backends)
-        if default not in self._backends:
-            raise ValueError(f"default model {default!r} is not one of {sorted(self._backends)}")
-        self.default = default
 
-    def resolve(self, name: str) -> tuple[str, Backend, str]:
-        """``(name, backend, route reason)`` for a requested name ("" = the default)."""
-        if not name:
-            return self.default, self._backends[self.default], "default route"
+    def has(self, name: str) -> bool:
+        """True when ``name`` is a served model."""
+        return name in self._backends
+
+    def backend(self, name: str) -> Backend:
+        """The backend serving ``name``; ModelNotFound for a name not served."""
         backend = self._backends.get(name)
         if backend is None:
             raise ModelNotFound(
                 f"unknown model {name!r}; this server serves: {', '.join(sorted(self._backends))}"
             )
-        return name, backend, "requested"
+        return backend
+
+    def names(self) -> list[str]:
+        """Every served model's name."""
+        return list(self._backends)
 
     def models(self) -> list[ModelInfo]:
-        """ModelInfo for every model, the default marked."""
-        return [replace(b.info, default=n == self.default) for n, b in self._backends.items()]
+        """ModelInfo for every model."""
+        return [b.info for b in self._backends.values()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from optiserve.accounting.ledger import LedgerTotal
 from optiserve.accounting.usage import ModelUsage
 from optiserve.cache import CacheStats
 from optiserve.domain import types as d
@@ -36,6 +37,13 @@ _KINDS = {
 }
 
 
+_COMPRESSION = {
+    pb.COMPRESSION_MODE_OFF: d.CompressionMode.OFF,
+    pb.COMPRESSION_MODE_LOSSLESS: d.CompressionMode.LOSSLESS,
+    pb.COMPRESSION_MODE_LOSSY: d.CompressionMode.LOSSY,
+}
+
+
 class UnknownEnumValue(ValueError):
     """A request carries an enum number this server does not know."""
 
@@ -50,6 +58,12 @@ def request_from_proto(
         raise UnknownEnumValue(
             f"cache.mode {msg.cache.mode} is unknown; allowed: "
             + ", ".join(f"{pb.CacheMode.Name(k)} ({k})" for k in _CACHE_MODES)
+        )
+    compression = _COMPRESSION.get(msg.compression)
+    if compression is None:
+        raise UnknownEnumValue(
+            f"compression {msg.compression} is unknown; allowed: "
+            + ", ".join(f"{pb.CompressionMode.Name(k)} ({k})" for k in _COMPRESSION)
         )
     return d.GenerateRequest(
         request_id=request_id,
@@ -73,6 +87,8 @@ def request_from_proto(
             ttl_s=msg.cache.ttl_seconds if msg.cache.HasField("ttl_seconds") else None,
         ),
         max_cost_usd=msg.budget.max_cost_usd if msg.budget.HasField("max_cost_usd") else None,
+        min_quality=msg.budget.min_quality if msg.budget.HasField("min_quality") else None,
+        compression=compression,
         json_schema=msg.response_format.json_schema,
         tenant=tenant,
         deadline=None if time_remaining is None else time.monotonic() + time_remaining,
@@ -87,6 +103,9 @@ def summary_to_proto(s: d.ResponseSummary) -> pb.ResponseSummary:
             prompt_tokens=s.usage.prompt_tokens,
             completion_tokens=s.usage.completion_tokens,
             cached_tokens=s.usage.cached_tokens,
+            provider_cache_read_tokens=s.usage.provider_cache_read_tokens,
+            provider_cache_write_tokens=s.usage.provider_cache_write_tokens,
+            estimated=s.usage.estimated,
         ),
         cost_usd=s.cost_usd,
         cost_saved_usd=s.cost_saved_usd,
@@ -106,6 +125,13 @@ def summary_to_proto(s: d.ResponseSummary) -> pb.ResponseSummary:
             ],
             route_reason=s.trace.route_reason,
             fallbacks=list(s.trace.fallbacks),
+            route=_route_trace_to_proto(s.trace.route),
+            compression=pb.CompressionTrace(
+                mode=s.trace.compression.mode,
+                tokens_before=s.trace.compression.tokens_before,
+                tokens_after=s.trace.compression.tokens_after,
+                note=s.trace.compression.note,
+            ),
         ),
         timings=pb.Timings(
             queued_ms=s.timings.queued_ms,
@@ -113,6 +139,19 @@ def summary_to_proto(s: d.ResponseSummary) -> pb.ResponseSummary:
             total_ms=s.timings.total_ms,
             decode_tokens_per_s=s.timings.decode_tokens_per_s,
         ),
+    )
+
+
+def _route_trace_to_proto(r: d.RouteTrace) -> pb.RouteTrace:
+    return pb.RouteTrace(
+        route=r.route,
+        rule=r.rule,
+        features=dict(r.features),
+        complexity=r.complexity,
+        tier=r.tier,
+        budget_pressure=r.budget_pressure,
+        premium_model=r.premium_model,
+        premium_cost_usd=r.premium_cost_usd,
     )
 
 
@@ -133,8 +172,15 @@ def model_info_to_proto(m: d.ModelInfo) -> pb.ModelInfo:
         demo=m.demo,
         description=m.description,
         context_length=m.context_length,
-        input_price_per_mtok=m.input_price_per_mtok,
-        output_price_per_mtok=m.output_price_per_mtok,
+        input_price_per_mtok=float(m.prices.input),
+        output_price_per_mtok=float(m.prices.output),
+        cache_read_price_per_mtok=float(m.prices.cache_read),
+        cache_write_5m_price_per_mtok=float(m.prices.cache_write_5m),
+        cache_write_1h_price_per_mtok=float(m.prices.cache_write_1h),
+        provider_model=m.provider_model,
+        tier=m.tier.value,
+        quality=m.quality,
+        route_models=list(m.route_models),
         quantization=m.quantization,
         default=m.default,
         max_new_tokens_cap=m.max_new_tokens_cap,
@@ -163,11 +209,44 @@ def usage_to_proto(u: ModelUsage) -> pb.ModelUsage:
 
 def usage_report_to_proto(report: UsageReport) -> pb.GetUsageResponse:
     """Wire GetUsage answer."""
-    return pb.GetUsageResponse(
+    msg = pb.GetUsageResponse(
         models=[usage_to_proto(r) for r in report.models],
         total=usage_to_proto(report.total),
         uptime_s=report.uptime_s,
         cache=cache_stats_to_proto(report.cache, report.dropped_stores),
+    )
+    ledger = report.ledger
+    if ledger is not None:
+        msg.by_day.extend(_ledger_total(t) for t in ledger.by_day)
+        msg.by_model.extend(_ledger_total(t) for t in ledger.by_model)
+        msg.by_tenant.extend(_ledger_total(t) for t in ledger.by_tenant)
+        msg.exact_cache_saved_usd = float(ledger.saved_by_layer.get("exact", 0))
+        msg.semantic_cache_saved_usd = float(ledger.saved_by_layer.get("semantic", 0))
+        msg.budgets.extend(
+            pb.BudgetStatus(
+                limit=b.limit,
+                limit_usd=float(b.limit_usd),
+                spent_usd=float(b.spent_usd),
+                reserved_usd=float(b.reserved_usd),
+                resets_at=b.resets_at.isoformat().replace("+00:00", "Z"),
+            )
+            for b in ledger.budgets
+        )
+    return msg
+
+
+def _ledger_total(t: LedgerTotal) -> pb.LedgerTotal:
+    return pb.LedgerTotal(
+        key=t.key,
+        requests=t.requests,
+        errors=t.errors,
+        prompt_tokens=t.prompt_tokens,
+        completion_tokens=t.completion_tokens,
+        cache_read_tokens=t.cache_read_tokens,
+        cache_write_tokens=t.cache_write_tokens,
+        cost_usd=float(t.cost_usd),
+        cost_saved_usd=float(t.cost_saved_usd),
+        estimated=t.estimated,
     )
 
 

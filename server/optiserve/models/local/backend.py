@@ -160,6 +160,9 @@ class LocalHFBackend:
             demo=cfg.source == DEMO_SOURCE,
             description=cfg.description,
             quantization="none" if cfg.dtype == "float32" else cfg.dtype,
+            prices=cfg.prices,
+            tier=cfg.tier_value,
+            quality=cfg.quality,
             max_new_tokens_cap=cfg.max_new_tokens_cap,
             default_max_new_tokens=cfg.default_max_new_tokens,
         )
