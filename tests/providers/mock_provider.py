@@ -16,7 +16,11 @@ nothing to it). Usage::
         assert mock.requests[0].body["stream_options"] == {"include_usage": True}
 
 Scripted replies are used one per request, in order, whatever the path; when none is left
-the mock answers ``mock.default_reply`` (settable). See :class:`~providers.replies.Reply`
+the mock answers ``mock.default_reply`` (settable). Replies can also be meant for one model
+(the request body's ``model``, i.e. a ModelConfig's ``source``): ``mock.script(...,
+model="gpt-x")`` queues them for that model only, ``mock.model_defaults["gpt-x"] = reply``
+sets its default, and ``mock.calls_for("gpt-x")`` counts its requests (a fallback chain's
+models can share one mock). See :class:`~providers.replies.Reply`
 for the behaviours (ok, HTTP errors with Retry-After, reset, hang, garbage, a stream cut
 mid-way, usage omitted, delays). Every request is recorded (:class:`RecordedRequest`:
 method, path, lower-cased headers, JSON body) unless ``record=False`` (benchmarks).
@@ -83,7 +87,10 @@ class MockProvider:
         self.default_reply = Reply.ok()
         self._wanted_port = port
         self._record = record
+        #: Per-model default replies (by the request body's "model").
+        self.model_defaults: dict[str, Reply] = {}
         self._script: collections.deque[Reply] = collections.deque()
+        self._model_scripts: dict[str, collections.deque[Reply]] = {}
         self._requests: list[RecordedRequest] = []
         self._calls = 0
         self._lock = threading.Lock()
@@ -142,14 +149,24 @@ class MockProvider:
 
     # -- scripting and records -----------------------------------------------------------
 
-    def script(self, *replies: Reply) -> None:
-        """Queue ``replies`` for the next requests, one each, in order."""
-        self._script.extend(replies)
+    def script(self, *replies: Reply, model: str | None = None) -> None:
+        """Queue ``replies`` for the next requests (for ``model``'s only, when given), one
+        each, in order."""
+        if model is None:
+            self._script.extend(replies)
+        else:
+            self._model_scripts.setdefault(model, collections.deque()).extend(replies)
 
     @property
     def pending(self) -> int:
-        """Scripted replies not used yet."""
-        return len(self._script)
+        """Scripted replies not used yet (all models)."""
+        return len(self._script) + sum(len(q) for q in self._model_scripts.values())
+
+    def calls_for(self, model: str) -> int:
+        """Recorded requests for ``model``."""
+        return sum(
+            1 for r in self.requests if isinstance(r.body, dict) and r.body.get("model") == model
+        )
 
     @property
     def calls(self) -> int:
@@ -168,6 +185,7 @@ class MockProvider:
             self._requests.clear()
             self._calls = 0
         self._script.clear()
+        self._model_scripts.clear()
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -229,13 +247,23 @@ class MockProvider:
             self._calls += 1
             if self._record:
                 self._requests.append(RecordedRequest(method, path.split("?")[0], headers, body))
-        reply = self._script.popleft() if self._script else self.default_reply
+        reply = self._reply_for(body)
         api = _PATHS.get(path.split("?")[0], "")
         if not api or method != "POST" or not isinstance(body, dict):
             await _send_json(writer, 404, error_body("openai", 404, f"no route {method} {path}"))
             return True
         await self._answer(reply, api, body, writer)
         return headers.get("connection", "").lower() != "close"
+
+    def _reply_for(self, body: Any) -> Reply:
+        """The model's scripted reply, else the next scripted one, else a default."""
+        model = body.get("model", "") if isinstance(body, dict) else ""
+        queue = self._model_scripts.get(model)
+        if queue:
+            return queue.popleft()
+        if self._script:
+            return self._script.popleft()
+        return self.model_defaults.get(model, self.default_reply)
 
     async def _answer(
         self, reply: Reply, api: str, body: dict[str, Any], writer: asyncio.StreamWriter

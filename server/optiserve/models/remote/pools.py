@@ -130,9 +130,10 @@ def _close_soon(pool: ProviderPool[Any]) -> None:
     - On the pool's loop (in a coroutine): a task closes it, soon.
     - On another thread while the pool's loop runs (``asyncio.to_thread(backend.close)``,
       as the app does): the close runs on that loop and this thread waits for it.
-    - The pool was never used (no connections), or its loop is stopped but not closed: it
-      is closed on a loop of its own here.
-    - Its loop is closed: the connections went with it; there is nothing left to await.
+    - The pool was never used (no connections yet): closed on a loop of its own, here.
+    - Its loop is stopped but not closed: closed on that loop, here.
+    - Its loop is closed (or stopped while another loop runs in this thread): the
+      connections cannot be closed on it any more; they go with the pool.
     """
     loop = pool.loop
     try:
@@ -152,5 +153,5 @@ def _close_soon(pool: ProviderPool[Any]) -> None:
                 log.warning("closing a provider's HTTP pool failed: %s", type(exc).__name__)
     elif loop is None:
         asyncio.run(pool.http.aclose())
-    elif not loop.is_closed():
+    elif running is None and not loop.is_closed():
         loop.run_until_complete(pool.http.aclose())
