@@ -39,6 +39,16 @@ def _generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache", default="default", choices=["default", "bypass", "refresh", "only_if_cached"]
     )
+    parser.add_argument(
+        "--max-cost", type=float, default=None, help="most the request may cost, in US dollars"
+    )
+    parser.add_argument(
+        "--min-quality", type=float, default=None, help="lowest model quality a route may pick"
+    )
+    parser.add_argument("--compress", default="off", choices=["off", "lossless", "lossy"])
+    parser.add_argument(
+        "--json-schema", default="", help="a JSON Schema the answer must follow (JSON text)"
+    )
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
 
 
@@ -91,6 +101,10 @@ def _generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "stop": args.stop,
         "cache_mode": args.cache,
+        "max_cost_usd": args.max_cost,
+        "min_quality": args.min_quality,
+        "compression": args.compress,
+        "json_schema": args.json_schema,
     }
 
 

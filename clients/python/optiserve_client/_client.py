@@ -20,6 +20,11 @@ _CACHE_MODES = {
     "refresh": pb.CACHE_MODE_REFRESH,
     "only_if_cached": pb.CACHE_MODE_ONLY_IF_CACHED,
 }
+_COMPRESSION = {
+    "off": pb.COMPRESSION_MODE_OFF,
+    "lossless": pb.COMPRESSION_MODE_LOSSLESS,
+    "lossy": pb.COMPRESSION_MODE_LOSSY,
+}
 
 
 def build_request(
@@ -38,6 +43,8 @@ def build_request(
     semantic_threshold: float | None = None,
     cache_ttl_s: float | None = None,
     max_cost_usd: float | None = None,
+    min_quality: float | None = None,
+    compression: str = "off",
     json_schema: str = "",
     request_id: str = "",
 ) -> pb.GenerateRequest:
@@ -45,8 +52,11 @@ def build_request(
 
     Unset (None) sampling values take the server's defaults for the model.
     ``min_new_tokens``: an end-of-sequence token cannot end the answer before that many
-    tokens (0 <= min_new_tokens <= max_new_tokens).
+    tokens (0 <= min_new_tokens <= max_new_tokens). ``max_cost_usd`` and ``min_quality``
+    bound what a route may choose; ``compression`` is "off", "lossless" or "lossy".
     """
+    if compression not in _COMPRESSION:
+        raise ValueError(f"compression must be one of {sorted(_COMPRESSION)}, got {compression!r}")
     if cache_mode not in _CACHE_MODES:
         raise ValueError(f"cache_mode must be one of {sorted(_CACHE_MODES)}, got {cache_mode!r}")
     sampling = pb.SamplingParams(stop=list(stop))
@@ -68,6 +78,8 @@ def build_request(
     budget = pb.Budget()
     if max_cost_usd is not None:
         budget.max_cost_usd = max_cost_usd
+    if min_quality is not None:
+        budget.min_quality = min_quality
     chat = [
         pb.ChatMessage(role=m["role"], content=m["content"])
         if isinstance(m, dict)
@@ -83,6 +95,7 @@ def build_request(
         cache=cache,
         budget=budget,
         response_format=pb.ResponseFormat(json_schema=json_schema),
+        compression=_COMPRESSION[compression],
     )
 
 

@@ -1,5 +1,3 @@
-"""Which model answers a request: complexity features, tiers, budgets and fallback chains.
-
-Empty until the router lands (remote providers); the catalogue's name lookup lives in
-:mod:`optiserve.models.catalogue`.
-"""
+"""Which models answer a request: the prompt's complexity features, tiers, quality and
+budget filters, fallback chains (router.py), prompt compression (compression.py), and the
+plan the service follows (planner.py)."""

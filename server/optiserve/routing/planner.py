@@ -46,10 +46,15 @@ class Plan:
 
 
 def request_text(request: GenerateRequest) -> str:
-    """All the prompt text of a request (the prompt, or every turn's content)."""
+    """All the text a request sends a model: the prompt, or every turn with its role (the
+    role stands in for the chat template's framing of the turn), and the json_schema (sent
+    to providers as a response format or a tool). Its UTF-8 size bounds the prompt tokens
+    (:func:`~optiserve.domain.pricing.prompt_token_bound`)."""
     if request.messages:
-        return "\n".join(m.content for m in request.messages)
-    return request.prompt
+        text = "".join(f"{m.role}: {m.content}\n" for m in request.messages)
+    else:
+        text = request.prompt
+    return text + request.json_schema
 
 
 class Planner:
