@@ -413,3 +413,50 @@ def test_kill_9_right_after_an_rpc_returned_loses_no_ledger_row(
     with closing(Ledger(tmp_path / "ledger.sqlite3")) as ledger:
         ids = {r.request_id for r in ledger.rows()}
     assert set(returned) <= ids
+
+
+def test_sampling_an_anthropic_model_cannot_take_is_refused(stub: pb_grpc.OptiServeStub) -> None:
+    request = _request("haiku")
+    request.sampling.temperature = 0.7
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Generate(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "sampling.temperature" in (info.value.details() or "")
+
+
+def test_compression_reports_tokens_before_and_after(
+    stub: pb_grpc.OptiServeStub, mock: MockProvider
+) -> None:
+    prompt = ("Please summarise   the  report.\n\n\n" * 3) + "The report says   costs rose. " * 20
+    reply = stub.Generate(
+        _request("mini", prompt=prompt, compression=pb.COMPRESSION_MODE_LOSSLESS), timeout=10
+    )
+    trace = reply.summary.trace.compression
+    assert trace.mode == "lossless" and 0 < trace.tokens_after < trace.tokens_before
+    sent = mock.requests[-1].body["messages"][-1]["content"]
+    assert len(sent) < len(prompt) and "costs rose" in sent
+
+
+def test_a_json_schema_answer_is_checked_and_a_local_model_refuses_it(
+    stub: pb_grpc.OptiServeStub, mock: MockProvider
+) -> None:
+    schema = '{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}'
+    mock.script(Reply.ok('{"city": "Paris"}'))
+    reply = stub.Generate(
+        _request("mini", response_format=pb.ResponseFormat(json_schema=schema)), timeout=10
+    )
+    assert reply.text == '{"city": "Paris"}'
+    assert mock.requests[-1].body["response_format"]["type"] == "json_schema"
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Generate(
+            _request("tiny", response_format=pb.ResponseFormat(json_schema=schema)), timeout=10
+        )
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "constrained decoding" in (info.value.details() or "")
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Generate(
+            _request("mini", response_format=pb.ResponseFormat(json_schema='{"type": 5}')),
+            timeout=10,
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid JSON Schema" in (info.value.details() or "")

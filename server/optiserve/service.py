@@ -330,7 +330,7 @@ def _check_structured_output(request: GenerateRequest, name: str, info: ModelInf
     if not request.json_schema or info.structured_output:
         return
     why = (
-        "structured output is not supported for local models yet"
+        "structured output needs constrained decoding, not available for local models yet"
         if info.kind is ModelKind.LOCAL
         else "this model does not support structured output"
     )

@@ -29,8 +29,9 @@ from anthropic.types import (
     RawMessageStopEvent,
 )
 
+from optiserve.domain.errors import FailedPrecondition
 from optiserve.domain.pricing import TokenCounts
-from optiserve.domain.types import FinishReason, GenerateRequest
+from optiserve.domain.types import FinishReason, GenerateRequest, SamplingParams
 from optiserve.models.remote.events import Accepted, Final, Text, UpstreamEvent, Usage
 from optiserve.models.remote.prompts import anthropic_prompt
 from optiserve.models.remote.structured import AnswerSchema
@@ -43,6 +44,29 @@ class AnthropicBackend(RemoteBackend[anthropic.AsyncAnthropic]):
     """A model of an ``anthropic`` provider."""
 
     structured_as_tool_input = True
+
+    def resolve_sampling(self, params: SamplingParams) -> SamplingParams:
+        """As for every remote model, and: the Messages API of this SDK takes no
+        temperature, top_p, top_k or seed, so a request that sets any of them is refused
+        (FAILED_PRECONDITION) rather than answered with sampling it did not ask for."""
+        params = super().resolve_sampling(params)
+        unusable = [
+            name
+            for name, value, default in (
+                ("temperature", params.temperature, 0.0),
+                ("top_p", params.top_p, 1.0),
+                ("top_k", params.top_k, 0),
+                ("seed", params.seed, None),
+            )
+            if value != default
+        ]
+        if unusable:
+            raise FailedPrecondition(
+                f"sampling.{', sampling.'.join(unusable)} cannot be honoured by model "
+                f"{self._model.name!r}: provider {self._provider.name!r} (anthropic) chooses "
+                "its own sampling; leave them unset, or use an OpenAI-compatible or local model"
+            )
+        return params
 
     def _client(self, base_url: str | None, http: httpx2.AsyncClient) -> anthropic.AsyncAnthropic:
         p = self._provider
