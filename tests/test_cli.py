@@ -28,6 +28,10 @@ def test_cli_commands(server: ServerThread, capsys: pytest.CaptureFixture[str]) 
     assert capsys.readouterr().out.strip() == result["text"].strip()
     assert main(["generate", "Hello", "--model", "nope", *t]) == 1
     assert "NOT_FOUND" in capsys.readouterr().err
+    assert main(["usage", *t]) == 0
+    usage = json.loads(capsys.readouterr().out)
+    assert int(usage["total"]["requests"]) >= 2
+    assert sum(int(row["requests"]) for row in usage["byModel"]) >= 2
 
 
 @pytest.fixture(scope="module")

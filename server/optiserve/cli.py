@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     _generation_args(sub.add_parser("stream", help="print tokens as they arrive"))
     _client_args(sub.add_parser("models", help="list models"))
     _client_args(sub.add_parser("health", help="health status"))
+    usage = sub.add_parser("usage", help="usage since start, the ledger's totals and budgets")
+    _client_args(usage)
+    usage.add_argument("--model", default="", help="only this model")
     return parser
 
 
@@ -144,6 +147,8 @@ def _empty_answer_note(done: Completion, args: argparse.Namespace) -> str | None
 
 
 def _call(args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToJson
+
     from optiserve_client import Client
 
     with Client(args.target, api_key=args.api_key, timeout=args.timeout) as client:
@@ -166,6 +171,9 @@ def _call(args: argparse.Namespace) -> int:
                 print(f"{m.name}\t{m.provider}\t{m.source}\t{m.context_length}\t{flags}")
         elif args.command == "health":
             print(client.health())
+        elif args.command == "usage":
+            report = client.usage(args.model)
+            print(MessageToJson(report, indent=2, always_print_fields_with_no_presence=True))
         if done is not None and not args.json:  # JSON already carries finish reason and usage
             note = _empty_answer_note(done, args)
             if note:
