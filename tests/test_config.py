@@ -317,3 +317,16 @@ def test_readme_documents_every_setting() -> None:
         keys += [f"`[[{table}]] {f.name}`" for f in dataclasses.fields(cls)]
     missing = [key for key in keys if key not in readme]
     assert not missing, f"README.md's configuration reference lacks {missing}"
+
+
+def test_readme_provider_example_loads(tmp_path: Path) -> None:
+    """The providers/routes/budget example in README.md is a valid configuration."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Remote providers, routes and budgets", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "example.toml"
+    path.write_text(example, encoding="utf-8")
+    config = load_config(path, env={})
+    assert config.default_model_name() == "auto"
+    assert [p.kind for p in config.providers] == ["openai", "anthropic", "openai_compatible"]
+    assert config.routes[0].models == ("demo-llama", "mini", "haiku", "llama70b")
