@@ -330,3 +330,21 @@ def test_readme_provider_example_loads(tmp_path: Path) -> None:
     assert config.default_model_name() == "auto"
     assert [p.kind for p in config.providers] == ["openai", "anthropic", "openai_compatible"]
     assert config.routes[0].models == ("demo-llama", "mini", "haiku", "llama70b")
+
+
+def test_serve_with_an_unwritable_ledger_exits_1_saying_what_to_fix(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.toml"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    path.write_text(f'[server]\nport = 0\n[ledger]\npath = "{blocker / "ledger.sqlite3"}"\n')
+    proc = subprocess.run(
+        [*_optiserve(), "serve", "--config", str(path)],
+        env={**os.environ, "OPTISERVE_DATA_DIR": str(tmp_path / "data")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("optiserve: cannot start: cannot open the usage ledger"), last
+    assert "[ledger] path" in last and "Traceback" not in proc.stderr

@@ -123,6 +123,8 @@ class OptiserveApp:
         started = time.perf_counter()
         # Process-wide library settings, once, before models and cache load.
         apply_process_settings(self.config)
+        # The ledger first: an unwritable one stops the start before minutes of loading.
+        self.spending = await asyncio.to_thread(open_spending, self.config)
         for _, backend in self.backends:
             await asyncio.to_thread(backend.load)
         if self.config.cache.enabled:
@@ -130,7 +132,6 @@ class OptiserveApp:
                 ResponseCache.open, self.config.cache, self.config.resolved_data_dir()
             )
             register_cache_metrics(self.cache, self.registry)
-        self.spending = await asyncio.to_thread(open_spending, self.config)
         self.service = Service(
             self.planner,
             UsageTracker(),

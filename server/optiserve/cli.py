@@ -87,9 +87,15 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"optiserve: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.logging)
+    from optiserve.accounting.ledger import LedgerWriteError
     from optiserve.app import OptiserveApp
 
-    asyncio.run(OptiserveApp(config).serve_until_signal())
+    try:
+        asyncio.run(OptiserveApp(config).serve_until_signal())
+    except (OSError, LedgerWriteError) as exc:
+        # A taken port, an unwritable data directory or ledger: say what, not a traceback.
+        print(f"optiserve: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

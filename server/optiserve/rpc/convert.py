@@ -215,6 +215,7 @@ def usage_report_to_proto(report: UsageReport) -> pb.GetUsageResponse:
         uptime_s=report.uptime_s,
         cache=cache_stats_to_proto(report.cache, report.dropped_stores),
     )
+    msg.ledger_write_failures = report.ledger_failures
     ledger = report.ledger
     if ledger is not None:
         msg.by_day.extend(_ledger_total(t) for t in ledger.by_day)
