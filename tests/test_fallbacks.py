@@ -16,7 +16,7 @@ import pytest
 
 from optiserve.accounting.budget import Budgets
 from optiserve.accounting.config import BudgetConfig
-from optiserve.accounting.ledger import Ledger
+from optiserve.accounting.ledger import Ledger, LedgerRow, LedgerWriteError
 from optiserve.accounting.spend import Spending
 from optiserve.accounting.spend_counters import MemorySpendCounters
 from optiserve.accounting.usage import UsageTracker
@@ -250,3 +250,23 @@ async def test_a_cut_after_text_is_never_retried(tmp_path: Path) -> None:
     # Accepted upstream, then cut: the provider bills what it generated, which it no
     # longer reports, so the reserved worst case is charged and marked estimated.
     assert row.status == "UNAVAILABLE" and row.usage_estimated and row.cost_usd > 0
+
+
+class _FullDiskLedger(Ledger):
+    """A real ledger whose commits fail as on a full disk."""
+
+    def record(self, row: LedgerRow) -> None:
+        raise LedgerWriteError("database or disk is full")
+
+
+async def test_a_failed_ledger_write_still_answers_and_is_counted(tmp_path: Path) -> None:
+    cheap = PricedBackend("cheap", Tier.CHEAP, CHEAP)
+    catalogue = ModelCatalogue([("cheap", cheap)])
+    service = Service(
+        Planner.of_models(catalogue, "cheap"),
+        UsageTracker(),
+        spending=Spending(None, _FullDiskLedger(tmp_path / "ledger.sqlite3")),
+    )
+    text, _ = await _run(service, model="cheap")
+    assert text == "ok from cheap"
+    assert service.usage().ledger_failures == 1
