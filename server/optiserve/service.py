@@ -56,7 +56,7 @@ from optiserve.domain.types import (
 )
 from optiserve.domain.validation import validate_request
 from optiserve.models.base import Backend, BackendDelta, BackendFinish, BackendStart
-from optiserve.routing.planner import Plan, Planner, request_text
+from optiserve.routing.planner import Plan, Planner
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class Service:
         """Reserve the worst case of ``request`` on ``info`` (BudgetExceeded when it is
         above the request's max cost or a spending limit) and open its account."""
         max_new = request.sampling.max_new_tokens or 0
-        worst = info.prices.worst_case(prompt_token_bound(request_text(request)), max_new)
+        worst = info.prices.worst_case(prompt_token_bound(request.sent_text()), max_new)
         _check_max_cost(request, info, worst)
         reservation = await self._spending.reserve(request.tenant, info, worst)
         account = RequestAccount(self._usage, name, request.deadline)

@@ -92,6 +92,17 @@ class GenerateRequest:
     #: Absolute deadline on the ``time.monotonic()`` clock, if the caller set one.
     deadline: float | None = None
 
+    def sent_text(self) -> str:
+        """All the text the request sends a model: the prompt, or every turn with its role
+        (the role stands in for the chat template's framing of the turn), and the
+        json_schema (sent to providers as a response format or a tool). Its UTF-8 size
+        bounds the prompt tokens (:func:`~optiserve.domain.pricing.prompt_token_bound`)."""
+        if self.messages:
+            text = "".join(f"{m.role}: {m.content}\n" for m in self.messages)
+        else:
+            text = self.prompt
+        return text + self.json_schema
+
 
 class FinishReason(enum.Enum):
     """Why generation ended."""

@@ -45,18 +45,6 @@ class Plan:
     request: GenerateRequest
 
 
-def request_text(request: GenerateRequest) -> str:
-    """All the text a request sends a model: the prompt, or every turn with its role (the
-    role stands in for the chat template's framing of the turn), and the json_schema (sent
-    to providers as a response format or a tool). Its UTF-8 size bounds the prompt tokens
-    (:func:`~optiserve.domain.pricing.prompt_token_bound`)."""
-    if request.messages:
-        text = "".join(f"{m.role}: {m.content}\n" for m in request.messages)
-    else:
-        text = request.prompt
-    return text + request.json_schema
-
-
 class Planner:
     """Resolves a request's model or route to a :class:`Plan`."""
 
@@ -103,7 +91,7 @@ class Planner:
     def _plan_route(
         self, route: str, request: GenerateRequest, pressure: BudgetPressure, reason: str
     ) -> Plan:
-        text = request_text(request)
+        text = request.sent_text()
         max_new = request.sampling.max_new_tokens
         if max_new is None:
             infos = (self.catalogue.backend(n).info for n in self._route_models(route))

@@ -24,13 +24,6 @@ from optiserve.models.remote.config import PromptCacheTtl
 MAX_CACHE_BREAKPOINTS = 4
 
 
-def request_text(request: GenerateRequest) -> str:
-    """All the text a request sends (for size bounds and estimates)."""
-    if request.messages:
-        return "\n".join(m.content for m in request.messages)
-    return request.prompt
-
-
 def openai_messages(request: GenerateRequest) -> list[dict[str, str]]:
     """Chat completions ``messages``: the conversation as is, or the prompt as one user
     turn."""

@@ -52,7 +52,6 @@ from optiserve.models.remote.config import ProviderConfig
 from optiserve.models.remote.errors import Failure, ProviderErrors, StreamCut
 from optiserve.models.remote.events import Accepted, Text, UpstreamEvent, Usage
 from optiserve.models.remote.pools import ProviderPool, ProviderPools
-from optiserve.models.remote.prompts import request_text
 from optiserve.models.remote.replicas import ClientT, Replica
 from optiserve.models.remote.retry import RetryPolicy
 from optiserve.models.remote.structured import AnswerSchema
@@ -208,7 +207,7 @@ class RemoteBackend(ABC, Generic[ClientT]):
         if not context:
             return
         max_new = request.sampling.max_new_tokens or 0
-        estimate = prompt_token_estimate(request_text(request))
+        estimate = prompt_token_estimate(request.sent_text())
         if estimate + max_new > context:
             raise InvalidRequest(
                 f"the prompt (about {estimate} tokens) plus max_new_tokens ({max_new}) exceeds "
@@ -222,7 +221,7 @@ class RemoteBackend(ABC, Generic[ClientT]):
         pool.bind_loop()
         run = _Run(
             schema=AnswerSchema.parse(request.json_schema) if request.json_schema else None,
-            bound=prompt_token_bound(request_text(request)),
+            bound=prompt_token_bound(request.sent_text()),
         )
         while True:
             replica = pool.replicas.pick(run.tried)
