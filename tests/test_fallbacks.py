@@ -7,7 +7,7 @@ the real SDKs against a mock provider are in tests/models/remote/ and tests/test
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
@@ -255,7 +255,7 @@ async def test_a_cut_after_text_is_never_retried(tmp_path: Path) -> None:
 class _FullDiskLedger(Ledger):
     """A real ledger whose commits fail as on a full disk."""
 
-    def record(self, row: LedgerRow) -> None:
+    def record_many(self, rows: Sequence[LedgerRow]) -> None:
         raise LedgerWriteError("database or disk is full")
 
 

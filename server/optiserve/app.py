@@ -82,7 +82,8 @@ def open_spending(config: Config) -> Spending:
     ledger = None
     if config.ledger.enabled:
         path = Path(config.ledger.path) if config.ledger.path else None
-        ledger = Ledger(path or config.resolved_data_dir() / "ledger.sqlite3")
+        path = path or config.resolved_data_dir() / "ledger.sqlite3"
+        ledger = Ledger(path, synchronous=config.ledger.synchronous)
     b = config.budget
     if not any((b.daily_usd, b.monthly_usd, b.tenant_daily_usd, b.tenant_monthly_usd)):
         return Spending(None, ledger)

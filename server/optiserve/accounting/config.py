@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from optiserve.domain.settings import at_least, between, check
 
@@ -14,6 +15,12 @@ class LedgerConfig:
     enabled: bool = True
     #: SQLite file ("" = ledger.sqlite3 in the data directory).
     path: str = ""
+    #: "normal": a committed row survives the server being killed (kill -9); "full": also
+    #: the machine losing power (an fsync per commit, about 1 ms here).
+    synchronous: Literal["normal", "full"] = "normal"
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 @dataclass(frozen=True)

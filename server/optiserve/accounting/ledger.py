@@ -1,8 +1,12 @@
 """The usage ledger: one SQLite row per request, committed before the RPC returns.
 
-Durability. The file is in WAL mode with ``synchronous=FULL``: :meth:`Ledger.record` returns
-only after the row's commit is in the write-ahead log and fsynced, so a row that was
-recorded survives the process being killed (kill -9) and the machine losing power.
+Durability. The file is in WAL mode; :meth:`Ledger.record_many` returns only after its rows'
+commit is in the write-ahead log. With ``synchronous="normal"`` (the default) that write is
+in the operating system when the call returns, so a committed row survives the process
+being killed (kill -9); the WAL is fsynced at checkpoints, so the last commits may be lost
+if the machine itself loses power. ``synchronous="full"`` fsyncs every commit (survives
+power loss too), at about 1 ms a commit on this machine's disk. Rows arriving together are
+committed together (one transaction, one sync: see :mod:`optiserve.accounting.spend`).
 
 Money is stored exactly, as integer **pico-dollars** (1e-12 USD). A price with at most six
 decimals per million tokens (every provider's price list) costs a whole number of
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -31,6 +36,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from optiserve.domain.pricing import ZERO, TokenCounts
+
+#: How hard a commit is synced: "normal" (survives the process dying) or "full" (also the
+#: machine losing power).
+Synchronous = Literal["normal", "full"]
 
 #: One ledger money unit in US dollars.
 PICO = Decimal("1e-12")
@@ -155,8 +164,9 @@ def _to_us(at: datetime) -> int:
 class Ledger:
     """The SQLite usage ledger at ``path`` (created with its directory when missing)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, synchronous: Synchronous = "normal") -> None:
         self.path = path
+        self._synchronous = synchronous
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = self._connect()
@@ -173,7 +183,7 @@ class Ledger:
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = FULL")
+        db.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
         db.execute("PRAGMA busy_timeout = 5000")
         return db
 
@@ -195,36 +205,25 @@ class Ledger:
 
         Raises LedgerWriteError when the row could not be committed.
         """
-        c = row.counts
-        values = (
-            _to_us(row.at),
-            row.request_id,
-            row.tenant,
-            row.route,
-            row.model,
-            row.provider,
-            c.input_tokens,
-            c.output_tokens,
-            c.cache_read_tokens,
-            c.cache_write_5m_tokens,
-            c.cache_write_1h_tokens,
-            _to_pico(row.cost_usd),
-            _to_pico(row.cost_saved_usd),
-            row.cache_layer,
-            row.latency_ms,
-            row.status,
-            int(row.usage_estimated),
-        )
+        self.record_many([row])
+
+    def record_many(self, rows: Sequence[LedgerRow]) -> None:
+        """Insert ``rows`` in one transaction (a group commit: one WAL sync for all) and
+        commit; either every row is committed or none, and LedgerWriteError says so."""
+        values = [_values(row) for row in rows]
         with self._write_lock:
             try:
-                # Autocommit mode: the INSERT is its own transaction, committed on return.
-                self._writer.execute(
-                    f"INSERT INTO requests ({_COLUMNS}) VALUES ({', '.join('?' * 17)})", values
-                )
+                with self._writer:  # BEGIN ... COMMIT, or ROLLBACK on an error
+                    self._writer.execute("BEGIN IMMEDIATE")
+                    self._writer.executemany(
+                        f"INSERT INTO requests ({_COLUMNS}) VALUES ({', '.join('?' * 17)})",
+                        values,
+                    )
             except sqlite3.Error as exc:
+                ids = ", ".join(repr(r.request_id) for r in rows[:3])
+                more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
                 raise LedgerWriteError(
-                    f"ledger {str(self.path)!r}: row for request {row.request_id!r} not "
-                    f"written ({exc})"
+                    f"ledger {str(self.path)!r}: rows for requests {ids}{more} not written ({exc})"
                 ) from exc
 
     def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
@@ -308,6 +307,30 @@ def _total_of(values: tuple[Any, ...]) -> LedgerTotal:
         cost_usd=_usd(cost_micros, cost_picos),
         cost_saved_usd=_usd(saved_micros, saved_picos),
         estimated=estimated,
+    )
+
+
+def _values(row: LedgerRow) -> tuple[object, ...]:
+    """The column values of ``row``, in ``_COLUMNS`` order."""
+    c = row.counts
+    return (
+        _to_us(row.at),
+        row.request_id,
+        row.tenant,
+        row.route,
+        row.model,
+        row.provider,
+        c.input_tokens,
+        c.output_tokens,
+        c.cache_read_tokens,
+        c.cache_write_5m_tokens,
+        c.cache_write_1h_tokens,
+        _to_pico(row.cost_usd),
+        _to_pico(row.cost_saved_usd),
+        row.cache_layer,
+        row.latency_ms,
+        row.status,
+        int(row.usage_estimated),
     )
 
 

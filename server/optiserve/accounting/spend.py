@@ -8,15 +8,20 @@ model's prices; a reply without usage, or a remote answer cut short, is charged 
 worst case and marked estimated — never $0.
 
 The ledger row is committed before the RPC returns: :meth:`Spending.settle` awaits the
-SQLite commit on the ledger's own thread. A failed write (disk full, read-only) is logged and
-counted (``ledger_failures``); the answer is still returned.
+SQLite commit on the ledger's own writer thread. That thread commits every row waiting when
+it gets to them in one transaction (a group commit), so under load the rows of many requests
+share one commit instead of queueing for one each. A failed write (disk full, read-only) is
+logged and counted (``ledger_failures``); the answer is still returned.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -70,8 +75,7 @@ class Spending:
         self._ledger = ledger
         #: Budget counters in Redis: every call is a network round trip, made off the loop.
         self._shared = shared_counters
-        # One writer thread: rows commit in arrival order, never blocking the event loop.
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self._writer = _GroupWriter(self._commit) if ledger is not None else None
         self.ledger_failures = 0
 
     @property
@@ -105,23 +109,35 @@ class Spending:
             ) from None
 
     async def settle(self, reservation: Reservation | None, row: LedgerRow | None) -> None:
-        """Settle ``reservation`` at ``row``'s cost (0 without a row) and commit ``row``,
-        on the writer thread; returns once the row is committed."""
-        if reservation is None and (row is None or self._ledger is None):
+        """Settle ``reservation`` at ``row``'s cost (0 without a row) and commit ``row``;
+        returns once the row is committed (or its write failed, logged and counted)."""
+        if self._writer is None or row is None:
+            if reservation is not None:
+                await self._off_loop(reservation.settle, row.cost_usd if row else ZERO)
             return
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writer, self._settle_sync, reservation, row)
+        await asyncio.wrap_future(self._writer.submit(reservation, row))
 
-    def _settle_sync(self, reservation: Reservation | None, row: LedgerRow | None) -> None:
-        if reservation is not None:
-            reservation.settle(row.cost_usd if row is not None else ZERO)
-        if row is None or self._ledger is None:
-            return
+    async def _off_loop(self, call: Callable[[Decimal], None], amount: Decimal) -> None:
+        if self._shared:
+            await asyncio.to_thread(call, amount)
+        else:
+            call(amount)
+
+    def _commit(self, batch: list[tuple[Reservation | None, LedgerRow]]) -> None:
+        """Settle a batch's reservations and commit its rows in one transaction (runs on
+        the writer thread)."""
+        for reservation, row in batch:
+            if reservation is not None:
+                try:
+                    reservation.settle(row.cost_usd)
+                except Exception:  # the row still commits: the ledger is the record
+                    log.exception("settling the reservation of %s failed", row.request_id)
+        assert self._ledger is not None
         try:
-            self._ledger.record(row)
+            self._ledger.record_many([row for _, row in batch])
         except LedgerWriteError as exc:
-            self.ledger_failures += 1
-            log.error("ledger write failed for request %s: %s", row.request_id, exc)
+            self.ledger_failures += len(batch)
+            log.error("ledger write failed for %d rows: %s", len(batch), exc)
 
     def report(self) -> LedgerReport | None:
         """Ledger totals and budget status (None without a ledger)."""
@@ -137,8 +153,69 @@ class Spending:
 
     def close(self) -> None:
         """Wait for pending ledger writes, then close the ledger and the budget counters."""
-        self._writer.shutdown(wait=True)
+        if self._writer is not None:
+            self._writer.close()
         if self._ledger is not None:
             self._ledger.close()
         if self._budgets is not None:
             self._budgets.close()
+
+
+class _GroupWriter:
+    """One thread that commits what is waiting, all at once: each :meth:`submit` returns a
+    future resolved when its row is committed."""
+
+    #: Most rows in one transaction (bounds a commit's time and memory).
+    MAX_BATCH = 512
+
+    def __init__(
+        self, commit: Callable[[list[tuple[Reservation | None, LedgerRow]]], None]
+    ) -> None:
+        self._commit = commit
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, reservation: Reservation | None, row: LedgerRow) -> Future[None]:
+        """Queue ``row`` (and the reservation it settles) for the next commit."""
+        done: Future[None] = Future()
+        self._queue.put(_Pending(reservation, row, done))
+        return done
+
+    def close(self) -> None:
+        """Commit what is queued, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            try:
+                self._commit([(p.reservation, p.row) for p in batch])
+            except BaseException as exc:  # a bug: fail the waiting requests, keep serving
+                log.exception("ledger writer failed")
+                for p in batch:
+                    p.done.set_exception(exc)
+                continue
+            for p in batch:
+                p.done.set_result(None)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    reservation: Reservation | None
+    row: LedgerRow
+    done: Future[None]
