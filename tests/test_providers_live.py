@@ -234,6 +234,9 @@ def test_an_auto_request_carries_its_decision_trace(stub: pb_grpc.OptiServeStub)
     assert set(route.features) >= {"tokens", "code", "maths"}
     assert route.premium_model == "big"
     assert reply.summary.trace.route_reason.startswith("route 'auto'")
+    # The local model's context is known once it has loaded: the router is built after the
+    # models, so the local model is never left out for a context of 0.
+    assert "context 0" not in route.rule, route.rule
 
 
 def test_a_missing_key_is_a_failed_precondition_naming_the_variable(

@@ -108,7 +108,8 @@ class OptiserveApp:
         self.pools = ProviderPools()
         self.backends = build_backends(config, SchedulerMetrics(self.registry), self.pools)
         self.catalogue = ModelCatalogue(self.backends)
-        self.planner = build_planner(config, self.catalogue)
+        #: Built once the models are loaded (routes read their context lengths).
+        self.planner: Planner | None = None
         self.spending: Spending | None = None
         self.cache: ResponseCache | None = None
         self.service: Service | None = None
@@ -128,6 +129,7 @@ class OptiserveApp:
         self.spending = await asyncio.to_thread(open_spending, self.config)
         for _, backend in self.backends:
             await asyncio.to_thread(backend.load)
+        self.planner = build_planner(self.config, self.catalogue)
         if self.config.cache.enabled:
             self.cache = await asyncio.to_thread(
                 ResponseCache.open, self.config.cache, self.config.resolved_data_dir()
