@@ -26,6 +26,7 @@ from optiserve.config import (
     load_config,
 )
 from optiserve.domain.settings import SettingError, choices
+from optiserve.models.local.quantize.config import QuantizeConfig
 from optiserve.models.remote.config import ProviderConfig
 from optiserve.routing.config import RouteConfig
 
@@ -307,6 +308,7 @@ def test_readme_documents_every_setting() -> None:
         ("cache", CacheConfig),
         ("budget", BudgetConfig),
         ("ledger", LedgerConfig),
+        ("quantize", QuantizeConfig),
     ):
         keys += [f"`{section}.{f.name}`" for f in dataclasses.fields(cls)]
     for table, cls in (

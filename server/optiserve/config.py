@@ -44,6 +44,7 @@ from optiserve.domain.settings import (
 )
 from optiserve.models.config import DEMO_SOURCE, ModelConfig
 from optiserve.models.local.config import EngineConfig
+from optiserve.models.local.quantize.config import QuantizeConfig
 from optiserve.models.remote.config import ProviderConfig
 from optiserve.routing.config import RouteConfig
 
@@ -131,6 +132,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     models: tuple[ModelConfig, ...] = ()
     providers: tuple[ProviderConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
@@ -182,6 +184,12 @@ class Config:
         """The [[providers]] entry called ``name``."""
         return next(p for p in self.providers if p.name == name)
 
+    def models_dir(self) -> Path:
+        """Where Quantize writes variants (not created here)."""
+        if self.quantize.models_dir:
+            return Path(self.quantize.models_dir).expanduser()
+        return self.resolved_data_dir() / "models"
+
     def resolved_data_dir(self) -> Path:
         """The data directory, created if needed."""
         if self.data_dir:
@@ -227,6 +235,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "cache": CacheConfig,
     "budget": BudgetConfig,
     "ledger": LedgerConfig,
+    "quantize": QuantizeConfig,
 }
 #: Arrays of tables ([[models]], [[providers]], [[routes]]), configured in the file only.
 _LISTS: dict[str, type[Any]] = {

@@ -7,7 +7,12 @@ with Client("127.0.0.1:50051") as client:
         print(chunk.text, end="", flush=True)
 """
 
-from optiserve_client._client import AsyncClient, Client
+from optiserve_client._client import (
+    QUANT_METHODS,
+    AsyncClient,
+    Client,
+    build_quantize_request,
+)
 from optiserve_client._errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -23,6 +28,7 @@ from optiserve_client._errors import (
 from optiserve_client._types import Chunk, Completion, Model, Timings, Usage
 
 __all__ = [
+    "QUANT_METHODS",
     "AsyncClient",
     "Chunk",
     "Client",
@@ -40,4 +46,5 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "Usage",
+    "build_quantize_request",
 ]

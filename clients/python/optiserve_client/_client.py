@@ -99,6 +99,46 @@ def build_request(
     )
 
 
+#: Method names -> QuantMethod (the names the server's reports use).
+QUANT_METHODS = {
+    "fp16": pb.QUANT_METHOD_FP16,
+    "bf16": pb.QUANT_METHOD_BF16,
+    "int8_dynamic": pb.QUANT_METHOD_INT8,
+    "gptq": pb.QUANT_METHOD_GPTQ,
+    "int8_weight_only": pb.QUANT_METHOD_INT8_WEIGHT_ONLY,
+    "prune_magnitude": pb.QUANT_METHOD_PRUNE_MAGNITUDE,
+    "prune_2_4": pb.QUANT_METHOD_PRUNE_2_4,
+}
+
+
+def build_quantize_request(
+    model: str,
+    method: str,
+    *,
+    bits: int = 0,
+    group_size: int = 0,
+    sparsity: float = 0.0,
+    calibration_texts: Sequence[str] = (),
+    variant_name: str = "",
+    serve: bool = False,
+    evaluation_text: str = "",
+) -> pb.QuantizeRequest:
+    """The wire Quantize request; ``method`` is one of :data:`QUANT_METHODS`."""
+    if method not in QUANT_METHODS:
+        raise ValueError(f"method must be one of {sorted(QUANT_METHODS)}, got {method!r}")
+    return pb.QuantizeRequest(
+        model=model,
+        method=QUANT_METHODS[method],
+        bits=bits,
+        group_size=group_size,
+        sparsity=sparsity,
+        calibration_texts=list(calibration_texts),
+        variant_name=variant_name,
+        serve=serve,
+        evaluation_text=evaluation_text,
+    )
+
+
 def _metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
     return (("x-api-key", api_key),) if api_key else None
 
@@ -187,6 +227,21 @@ class Client:
             self._stub.GetUsage, pb.GetUsageRequest(model=model), None
         )
         return response
+
+    def quantize(
+        self, request: pb.QuantizeRequest, *, timeout: float | None = None
+    ) -> Iterator[pb.QuantizeEvent]:
+        """Quantize a local model: progress events, then one with the report. Build the
+        request with :func:`build_quantize_request`."""
+        call = self._stub.Quantize(
+            request, timeout=timeout or self._timeout, metadata=self._metadata
+        )
+        try:
+            yield from call
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()
 
     def health(self, service: str = "") -> str:
         """The health status name, e.g. "SERVING"."""

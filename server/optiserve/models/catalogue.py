@@ -28,6 +28,13 @@ class ModelCatalogue:
             )
         return backend
 
+    def add(self, name: str, backend: Backend) -> None:
+        """Serve ``backend`` as ``name`` from now on (a loaded, new model: ValueError for a
+        name already served)."""
+        if name in self._backends:
+            raise ValueError(f"model {name!r} is already served")
+        self._backends[name] = backend
+
     def names(self) -> list[str]:
         """Every served model's name."""
         return list(self._backends)

@@ -8,6 +8,8 @@ from optiserve.accounting.ledger import LedgerTotal
 from optiserve.accounting.usage import ModelUsage
 from optiserve.cache import CacheStats
 from optiserve.domain import types as d
+from optiserve.domain.errors import InvalidRequest
+from optiserve.domain.quantize import QuantizeProgress, QuantizeReport, QuantizeRequest
 from optiserve.service import UsageReport
 from optiserve_client.v1 import optiserve_pb2 as pb
 
@@ -42,6 +44,19 @@ _COMPRESSION = {
     pb.COMPRESSION_MODE_LOSSLESS: d.CompressionMode.LOSSLESS,
     pb.COMPRESSION_MODE_LOSSY: d.CompressionMode.LOSSY,
 }
+
+
+#: QuantMethod -> the method's name (models/local/quantize/methods.py).
+QUANT_METHODS = {
+    pb.QUANT_METHOD_FP16: "fp16",
+    pb.QUANT_METHOD_BF16: "bf16",
+    pb.QUANT_METHOD_INT8: "int8_dynamic",
+    pb.QUANT_METHOD_GPTQ: "gptq",
+    pb.QUANT_METHOD_INT8_WEIGHT_ONLY: "int8_weight_only",
+    pb.QUANT_METHOD_PRUNE_MAGNITUDE: "prune_magnitude",
+    pb.QUANT_METHOD_PRUNE_2_4: "prune_2_4",
+}
+_QUANT_ENUMS = {name: number for number, name in QUANT_METHODS.items()}
 
 
 class UnknownEnumValue(ValueError):
@@ -272,4 +287,72 @@ def cache_stats_to_proto(stats: CacheStats | None, dropped_writes: int = 0) -> p
         index_device=stats.index_device,
         enabled=True,
         dropped_writes=dropped_writes,
+    )
+
+
+def quantize_request_from_proto(msg: pb.QuantizeRequest) -> QuantizeRequest:
+    """Domain Quantize request; InvalidRequest for an unknown or missing method."""
+    method = QUANT_METHODS.get(msg.method)
+    if method is None:
+        allowed = ", ".join(f"{pb.QuantMethod.Name(k)} ({k})" for k in QUANT_METHODS)
+        raise InvalidRequest(
+            f"method {msg.method} is not a quantization method; allowed: {allowed}"
+        )
+    if not msg.model:
+        raise InvalidRequest("model is required: the name of a local model from ListModels")
+    return QuantizeRequest(
+        model=msg.model,
+        method=method,
+        bits=msg.bits,
+        group_size=msg.group_size,
+        sparsity=msg.sparsity,
+        calibration_texts=tuple(msg.calibration_texts),
+        variant_name=msg.variant_name,
+        serve=msg.serve,
+        evaluation_text=msg.evaluation_text,
+    )
+
+
+def quantize_event_to_proto(event: QuantizeProgress | QuantizeReport) -> pb.QuantizeEvent:
+    """Wire Quantize event: progress, or the report."""
+    if isinstance(event, QuantizeProgress):
+        return pb.QuantizeEvent(
+            progress=pb.Progress(
+                stage=event.stage,
+                fraction=event.fraction,
+                message=event.message,
+                step=event.step,
+                steps=event.steps,
+                elapsed_s=event.elapsed_s,
+            )
+        )
+    r = event
+    return pb.QuantizeEvent(
+        report=pb.QuantizeReport(
+            variant_name=r.variant_name,
+            method=_QUANT_ENUMS.get(r.method, pb.QUANT_METHOD_UNSPECIFIED),
+            path=r.path,
+            size_bytes_before=r.size_bytes_before,
+            size_bytes_after=r.size_bytes_after,
+            tokens_per_s_before=r.tokens_per_s_before,
+            tokens_per_s_after=r.tokens_per_s_after,
+            time_to_first_token_ms_before=r.time_to_first_token_ms_before,
+            time_to_first_token_ms_after=r.time_to_first_token_ms_after,
+            perplexity_before=r.perplexity_before,
+            perplexity_after=r.perplexity_after,
+            token_agreement=r.token_agreement,
+            duration_s=r.duration_s,
+            serving=r.serving,
+            bits=r.bits,
+            kernel=r.kernel,
+            size_ratio=r.size_ratio,
+            load_s_before=r.load_s_before,
+            load_s_after=r.load_s_after,
+            tokens_per_s_b8_before=r.tokens_per_s_b8_before,
+            tokens_per_s_b8_after=r.tokens_per_s_b8_after,
+            kl_divergence=r.kl_divergence,
+            evaluation_tokens=r.evaluation_tokens,
+            slower_than_source=r.slower_than_source,
+            notes=list(r.notes),
+        )
     )
