@@ -11,6 +11,7 @@ packed weights, so the same logits) and loads the rest.
 
 from __future__ import annotations
 
+import functools
 import threading
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,37 @@ WEIGHTS_FILE = "model.safetensors"
 _QWEIGHT, _SCALES, _ZEROS, _BIAS = ".qweight", ".qscales", ".qzeros", ".qbias"
 
 
+@functools.cache
 def _dynamic_linear() -> type[Any]:
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    """torch's dynamic int8 linear, with a choice of 7-bit activations (torch's default,
+    safe on every x86 CPU) or full 8-bit ones (``full_range``: exact with VNNI)."""
+    with quiet():
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-    return DynamicLinear
+    class Int8Linear(DynamicLinear):
+        full_range = False
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not self.full_range:
+                return super().forward(x)  # type: ignore[no-any-return]
+            packed = self._packed_params._packed_params
+            y = torch.ops.quantized.linear_dynamic(x, packed, reduce_range=False)
+            return y.to(x.dtype)  # type: ignore[no-any-return]
+
+        def _get_name(self) -> str:
+            return "Int8Linear" + ("(8-bit activations)" if self.full_range else "")
+
+    return Int8Linear
+
+
+def full_range_activations() -> bool:
+    """True when this CPU has VNNI (``vpdpbusd`` multiplies u8 by s8 into int32 with no
+    int16 saturation), so activations can use all 8 bits instead of torch's 7."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_vnni" in flags or " avx_vnni" in flags
 
 
 def _engine() -> str:
@@ -52,7 +80,7 @@ def _set_submodule(root: torch.nn.Module, name: str, module: torch.nn.Module) ->
     setattr(parent, child, module)
 
 
-def _quantize_linear(linear: torch.nn.Linear) -> Any:
+def _quantize_linear(linear: torch.nn.Linear, *, full_range: bool) -> Any:
     """A dynamic int8 layer with per-output-channel symmetric weights of ``linear``."""
     from torch.ao.quantization import per_channel_dynamic_qconfig
 
@@ -64,10 +92,12 @@ def _quantize_linear(linear: torch.nn.Linear) -> Any:
         qweight = torch.quantize_per_channel(
             weight, scales.double(), zeros.long(), int(observer.ch_axis), torch.qint8
         )
-        return _from_qweight(linear, qweight)
+        return _from_qweight(linear, qweight, full_range=full_range)
 
 
-def _from_qweight(linear: torch.nn.Linear | None, qweight: Any, bias: Any = None) -> Any:
+def _from_qweight(
+    linear: torch.nn.Linear | None, qweight: Any, bias: Any = None, *, full_range: bool
+) -> Any:
     cls = _dynamic_linear()
     out_features, in_features = qweight.shape
     if linear is not None:
@@ -75,6 +105,7 @@ def _from_qweight(linear: torch.nn.Linear | None, qweight: Any, bias: Any = None
     with quiet():
         layer = cls(in_features, out_features, bias_=bias is not None, dtype=torch.qint8)
         layer.set_weight_bias(qweight, bias)
+    layer.full_range = full_range
     return layer
 
 
@@ -84,13 +115,19 @@ class Int8DynamicMethod:
     name = "int8_dynamic"
     bits: tuple[int, ...] = (8,)
 
+    @staticmethod
+    def kernel_for(full_range: bool) -> str:
+        """What runs the variant here."""
+        bits = "8-bit (VNNI)" if full_range else "7-bit"
+        return (
+            f"torch.ao dynamic int8 ({_engine()}/fbgemm, per-channel weights, {bits} "
+            "activations quantized per batch; embedding and lm_head stay fp32)"
+        )
+
     @property
     def kernel(self) -> str:
-        """What runs the variant here."""
-        return (
-            f"torch.ao dynamic int8 ({_engine()}/fbgemm, per-channel weights, "
-            "fp32 activations quantized per batch; embedding and lm_head stay fp32)"
-        )
+        """What runs a variant made on this machine."""
+        return self.kernel_for(full_range_activations())
 
     def unavailable(self) -> str | None:
         """Why torch's quantized CPU kernels cannot run here (None: they can)."""
@@ -109,14 +146,14 @@ class Int8DynamicMethod:
                 "uses Conv1D projections; choose fp16 or bf16 for this model"
             )
 
-    def quantize(self, model: torch.nn.Module, steps: Steps) -> list[str]:
+    def quantize(self, model: torch.nn.Module, steps: Steps, *, full_range: bool) -> list[str]:
         """Quantize ``model``'s decoder-layer linears in place; their qualified names."""
         names: list[str] = []
         blocks = decoder_blocks(model)
         for i, (prefix, block) in enumerate(blocks):
             steps.report("quantizing", i, len(blocks), prefix)
             for rel, linear in block_linears(block):
-                _set_submodule(block, rel, _quantize_linear(linear))
+                _set_submodule(block, rel, _quantize_linear(linear, full_range=full_range))
                 names.append(f"{prefix}.{rel}")
         if not names:
             raise FailedPrecondition(
@@ -138,7 +175,8 @@ class Int8DynamicMethod:
         steps = Steps(progress, cancel)
         steps.report("loading", 0, 1)
         model = load_source(source)
-        names = self.quantize(model, steps)
+        full_range = full_range_activations()
+        names = self.quantize(model, steps, full_range=full_range)
         steps.report("saving", 0, 1)
         copy_side_files(source, out)
         self.save(model, names, out)
@@ -146,9 +184,13 @@ class Int8DynamicMethod:
             method=self.name,
             bits=8,
             source=str(source),
-            kernel=self.kernel,
+            kernel=self.kernel_for(full_range),
             storage="state_dict",
-            params={"quantized_layers": len(names), "weights_file": WEIGHTS_FILE},
+            params={
+                "quantized_layers": len(names),
+                "weights_file": WEIGHTS_FILE,
+                "full_range_activations": full_range,
+            },
         )
         recipe.write(out)
         return recipe
@@ -189,6 +231,8 @@ class Int8DynamicMethod:
         if device not in ("cpu", "auto"):
             raise FailedPrecondition(f"int8_dynamic variants run on the CPU only, not {device}")
         weights_file = str(recipe.params.get("weights_file", WEIGHTS_FILE))
+        # 8-bit activations only where this CPU computes them exactly.
+        full_range = bool(recipe.params.get("full_range_activations")) and full_range_activations()
         tensors = load_file(str(variant / weights_file))
         with quiet():
             config = AutoConfig.from_pretrained(str(variant))
@@ -215,7 +259,8 @@ class Int8DynamicMethod:
         for name, (int8, scales, zeros, bias) in layers.items():
             with quiet():
                 qweight = torch._make_per_channel_quantized_tensor(int8, scales, zeros, 0)
-            _set_submodule(model, name, _from_qweight(None, qweight, bias))
+            layer = _from_qweight(None, qweight, bias, full_range=full_range)
+            _set_submodule(model, name, layer)
         model.tie_weights()
         return model.eval()
 
