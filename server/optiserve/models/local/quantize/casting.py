@@ -60,13 +60,8 @@ class CastMethod:
         """Load the source, cast it layer by layer, save it with ``save_pretrained``."""
         steps = Steps(progress, cancel)
         steps.report("loading", 0, 1)
-        model = load_source(source)
-        blocks = decoder_blocks(model)
-        for i, (name, block) in enumerate(blocks):
-            steps.report("casting", i, len(blocks), name)
-            block.to(self.dtype)
-        model.to(self.dtype)  # embeddings, final norm, head
-        steps.report("saving", len(blocks), len(blocks))
+        model = self.transform(load_source(source), spec, steps)
+        steps.report("saving", 0, 1)
         copy_side_files(source, out)
         with quiet():
             model.save_pretrained(out)
@@ -80,6 +75,17 @@ class CastMethod:
         )
         recipe.write(out)
         return recipe
+
+    def transform(self, model: Any, spec: QuantSpec, steps: Steps) -> Any:
+        """Cast ``model`` in place, layer by layer (what :meth:`apply` saves)."""
+        del spec
+        blocks = decoder_blocks(model)
+        for i, (name, block) in enumerate(blocks):
+            steps.report("casting", i, len(blocks), name)
+            block.to(self.dtype)
+        model.to(self.dtype)  # embeddings, final norm, head
+        steps.report("casting", len(blocks), len(blocks))
+        return model
 
     def load(self, variant: Path, recipe: VariantRecipe, dtype: Any, device: str) -> Any:
         """The variant in its own dtype (``dtype`` is ignored: the cast is the variant)."""

@@ -163,6 +163,12 @@ class Int8DynamicMethod:
         steps.report("quantizing", len(blocks), len(blocks))
         return names
 
+    def transform(self, model: Any, spec: QuantSpec, steps: Steps) -> Any:
+        """Quantize ``model`` in place as :meth:`apply` does, for this CPU."""
+        del spec
+        self.quantize(model, steps, full_range=full_range_activations())
+        return model
+
     def apply(
         self,
         source: Path,

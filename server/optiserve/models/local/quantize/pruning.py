@@ -121,7 +121,26 @@ class PruneMethod:
         """Prune the source's linears layer by layer; save dense fp32 weights."""
         steps = Steps(progress, cancel)
         steps.report("loading", 0, 1)
-        model = load_source(source)
+        model = self.transform(load_source(source), spec, steps)
+        target = self.sparsity(spec)
+        measured = linear_sparsity(model)
+        steps.report("saving", 0, 1, f"sparsity {measured:.3f}")
+        copy_side_files(source, out)
+        with quiet():
+            model.save_pretrained(out)
+        recipe = VariantRecipe(
+            method=self.name,
+            bits=32,
+            source=str(source),
+            kernel=self.kernel,
+            storage="safetensors",
+            params={"target_sparsity": target, "sparsity": round(measured, 6)},
+        )
+        recipe.write(out)
+        return recipe
+
+    def transform(self, model: Any, spec: QuantSpec, steps: Steps) -> Any:
+        """Prune ``model`` in place, layer by layer (what :meth:`apply` saves)."""
         require_linears(model, self.name)
         target = self.sparsity(spec)
         blocks = decoder_blocks(model)
@@ -140,21 +159,7 @@ class PruneMethod:
                         else magnitude_mask(linear.weight, target)
                     )
                     linear.weight.mul_(mask)
-        measured = linear_sparsity(model)
-        steps.report("saving", len(blocks), len(blocks), f"sparsity {measured:.3f}")
-        copy_side_files(source, out)
-        with quiet():
-            model.save_pretrained(out)
-        recipe = VariantRecipe(
-            method=self.name,
-            bits=32,
-            source=str(source),
-            kernel=self.kernel,
-            storage="safetensors",
-            params={"target_sparsity": target, "sparsity": round(measured, 6)},
-        )
-        recipe.write(out)
-        return recipe
+        return model
 
     def load(self, variant: Path, recipe: VariantRecipe, dtype: Any, device: str) -> Any:
         """The pruned model with ``from_pretrained`` (``dtype`` None: fp32)."""
