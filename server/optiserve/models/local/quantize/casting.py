@@ -82,8 +82,8 @@ class CastMethod:
         blocks = decoder_blocks(model)
         for i, (name, block) in enumerate(blocks):
             steps.report("casting", i, len(blocks), name)
-            block.to(self.dtype)
-        model.to(self.dtype)  # embeddings, final norm, head
+            _cast_parameters(block, self.dtype)
+        _cast_parameters(model, self.dtype)  # embeddings, final norm, head
         steps.report("casting", len(blocks), len(blocks))
         return model
 
@@ -91,6 +91,14 @@ class CastMethod:
         """The variant in its own dtype (``dtype`` is ignored: the cast is the variant)."""
         del recipe, dtype
         return load_source(variant, self.dtype).to(device)
+
+
+def _cast_parameters(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast the parameters only: buffers such as rotary frequencies keep their dtype, as
+    ``from_pretrained(dtype=...)`` leaves them, so the reloaded variant computes alike."""
+    with torch.no_grad():
+        for param in module.parameters():
+            param.data = param.data.to(dtype)
 
 
 FP16 = CastMethod("fp16", torch.float16, "float16")
