@@ -40,9 +40,7 @@ VariantFactory = Callable[[str, str], Path]
 
 
 @pytest.fixture(scope="session")
-def variant(
-    sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> VariantFactory:
+def variant(sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> VariantFactory:
     """``variant(source_name, method)``: the variant directory (built on first use)."""
     built: dict[tuple[str, str], Path] = {}
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import CPU_METHODS, VariantFactory
 
+from conftest import CPU_METHODS, VariantFactory
 from optiserve.domain.errors import FailedPrecondition, InvalidRequest
 from optiserve.models.local.quantize.base import (
     VARIANT_FILE,
