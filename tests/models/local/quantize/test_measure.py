@@ -12,13 +12,9 @@ import pytest
 from conftest import CPU_METHODS, FAST, VariantFactory
 from optiserve.domain.errors import InvalidRequest
 from optiserve.models.local.quantize.base import Cancelled, Progress
+from optiserve.models.local.quantize.eval_text import DEFAULT_EVAL_TEXT
 from optiserve.models.local.quantize.fresh_process import measure_in_fresh_process
-from optiserve.models.local.quantize.measure import (
-    DEFAULT_EVAL_TEXT,
-    MIN_EVAL_TOKENS,
-    Measurement,
-    measure,
-)
+from optiserve.models.local.quantize.measure import MIN_EVAL_TOKENS, Measurement, measure
 
 #: Measurements of the demo model's variants, once per session.
 _DEMO: dict[str, Measurement] = {}

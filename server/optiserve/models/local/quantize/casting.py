@@ -18,6 +18,7 @@ from optiserve.models.local.quantize.common import (
     Steps,
     check_common,
     copy_side_files,
+    cpu_or,
     decoder_blocks,
     load_source,
     quiet,
@@ -90,7 +91,7 @@ class CastMethod:
     def load(self, variant: Path, recipe: VariantRecipe, dtype: Any, device: str) -> Any:
         """The variant in its own dtype (``dtype`` is ignored: the cast is the variant)."""
         del recipe, dtype
-        return load_source(variant, self.dtype).to(device)
+        return load_source(variant, self.dtype).to(cpu_or(device))
 
 
 def _cast_parameters(module: torch.nn.Module, dtype: torch.dtype) -> None:

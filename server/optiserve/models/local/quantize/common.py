@@ -53,6 +53,13 @@ def load_source(source: Path | str, dtype: torch.dtype = torch.float32) -> Any:
     return model.eval()
 
 
+def cpu_or(device: str) -> str:
+    """``device``, with "auto" meaning cuda when a GPU is present, else cpu."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def copy_side_files(source: Path, out: Path) -> None:
     """Copy the source's config, generation config and tokenizer files into ``out``."""
     for name in SIDE_FILES:

@@ -23,6 +23,7 @@ from optiserve.models.local.quantize.common import (
     block_linears,
     check_common,
     copy_side_files,
+    cpu_or,
     decoder_blocks,
     load_source,
     quiet,
@@ -164,7 +165,7 @@ class PruneMethod:
     def load(self, variant: Path, recipe: VariantRecipe, dtype: Any, device: str) -> Any:
         """The pruned model with ``from_pretrained`` (``dtype`` None: fp32)."""
         del recipe
-        return load_source(variant, dtype or torch.float32).to(device)
+        return load_source(variant, dtype or torch.float32).to(cpu_or(device))
 
 
 def _input_widths(config: dict[str, Any]) -> dict[str, int]:
