@@ -162,3 +162,19 @@ def test_cancel_between_layers_raises_cancelled_and_the_output_can_be_removed(
     assert not out.exists()
     layer_steps = [p for p in seen if p.phase not in ("loading", "saving")]
     assert layer_steps[0].steps == 2 and layer_steps[-1].step == 1
+
+
+def test_gpt2_casts_and_refuses_linear_methods(tiny_gpt2: Any, tmp_path: Path) -> None:
+    fp16 = tmp_path / "fp16"
+    fp16.mkdir()
+    method_named("fp16").apply(
+        tiny_gpt2.path, fp16, QuantSpec("fp16"), lambda _: None, threading.Event()
+    )
+    assert load_variant(fp16).transformer.h[0].attn.c_attn.weight.dtype == torch.float16
+    for method in ("int8_dynamic", "prune_magnitude"):
+        out = tmp_path / method
+        out.mkdir()
+        with pytest.raises(FailedPrecondition, match="Conv1D"):
+            method_named(method).apply(
+                tiny_gpt2.path, out, QuantSpec(method), lambda _: None, threading.Event()
+            )

@@ -12,6 +12,7 @@ packed weights, so the same logits) and loads the rest.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,10 @@ from optiserve.models.local.quantize.common import (
     load_source,
     quiet,
     refuse_sparsity,
+    require_linears,
 )
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 #: Suffixes of the stored tensors of one quantized layer.
@@ -148,6 +152,7 @@ class Int8DynamicMethod:
 
     def quantize(self, model: torch.nn.Module, steps: Steps, *, full_range: bool) -> list[str]:
         """Quantize ``model``'s decoder-layer linears in place; their qualified names."""
+        require_linears(model, self.name)
         names: list[str] = []
         blocks = decoder_blocks(model)
         for i, (prefix, block) in enumerate(blocks):
@@ -155,11 +160,6 @@ class Int8DynamicMethod:
             for rel, linear in block_linears(block):
                 _set_submodule(block, rel, _quantize_linear(linear, full_range=full_range))
                 names.append(f"{prefix}.{rel}")
-        if not names:
-            raise FailedPrecondition(
-                f"{type(model).__name__}'s decoder layers have no nn.Linear to quantize; "
-                "choose fp16 or bf16 for this model"
-            )
         steps.report("quantizing", len(blocks), len(blocks))
         return names
 
@@ -238,7 +238,15 @@ class Int8DynamicMethod:
             raise FailedPrecondition(f"int8_dynamic variants run on the CPU only, not {device}")
         weights_file = str(recipe.params.get("weights_file", WEIGHTS_FILE))
         # 8-bit activations only where this CPU computes them exactly.
-        full_range = bool(recipe.params.get("full_range_activations")) and full_range_activations()
+        full_range = bool(recipe.params.get("full_range_activations"))
+        if full_range and not full_range_activations():
+            log.warning(
+                "int8 variant %s was made for 8-bit activations (a VNNI CPU); this CPU has "
+                "no VNNI, so it runs with 7-bit activations and its logits differ slightly "
+                "from the measured ones",
+                variant,
+            )
+            full_range = False
         tensors = load_file(str(variant / weights_file))
         with quiet():
             config = AutoConfig.from_pretrained(str(variant))
