@@ -306,8 +306,9 @@ def _with_notes(m: Measurement, recipe: VariantRecipe, source: Path) -> Measurem
     if recipe.kernel == DENSE_KERNEL or m.weight_sparsity > 0.01:
         notes.append(
             f"measured sparsity {100 * m.weight_sparsity:.1f}% of linear weights; "
-            f"{DENSE_KERNEL} (size x{m.size_ratio:.2f} smaller, tokens/s "
-            f"x{m.tps_ratio_b1:.2f} at batch 1, x{m.tps_ratio_b8:.2f} at batch 8)"
+            f"{DENSE_KERNEL} (weights on disk {_ratio(1.0, m.size_ratio):.2f}x the "
+            f"source's bytes, tokens/s x{m.tps_ratio_b1:.2f} at batch 1, "
+            f"x{m.tps_ratio_b8:.2f} at batch 8)"
         )
     stored = _stored_dtype(source)
     if stored and stored != "float32":
