@@ -125,3 +125,14 @@ def test_fresh_process_is_killed_on_cancel(tiny_model_dir: Path, variant: Varian
 def test_fresh_process_reraises_a_refusal(tiny_model_dir: Path, variant: VariantFactory) -> None:
     with pytest.raises(InvalidRequest, match="too short"):
         measure_in_fresh_process(tiny_model_dir, variant("tiny", "fp16"), eval_text="short")
+
+
+def test_measure_stops_when_cancelled(tiny_model_dir: Path, variant: VariantFactory) -> None:
+    cancel = threading.Event()
+
+    def progress(p: Progress) -> None:
+        if p.phase == "measuring speed":
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        measure(tiny_model_dir, variant("tiny", "bf16"), progress=progress, cancel=cancel)
