@@ -1,12 +1,14 @@
 """int8_dynamic: torch's dynamic int8 quantization of the decoder layers' ``nn.Linear``.
 
 Weights are int8 with one scale per output channel; activations are quantized on the fly
-per batch; the x86 (fbgemm) engine runs the matmuls. The embedding and the (often tied)
-output head stay fp32. Quantized modules cannot ``save_pretrained``, so the variant stores
-the int8 weights, their scales and zero points, and every remaining fp32 tensor in one
-safetensors file (``storage="state_dict"``); :meth:`Int8DynamicMethod.load` builds the fp32
-model from the config, swaps in quantized layers made from the stored tensors (the same
-packed weights, so the same logits) and loads the rest.
+per batch; the x86 (fbgemm) engine runs the matmuls. torch quantizes activations to 7 bits
+(safe on every x86 CPU); on a CPU with VNNI this method uses all 8 (on the demo model: KL
+0.051 -> 0.015), and the recipe and the kernel string say which. The embedding and the
+(often tied) output head stay fp32. Quantized modules cannot ``save_pretrained``, so the
+variant stores the int8 weights, their scales and zero points, and every remaining fp32
+tensor in one safetensors file (``storage="state_dict"``); :meth:`Int8DynamicMethod.load`
+builds the fp32 model from the config, swaps in quantized layers made from the stored
+tensors (the same packed weights, so the same logits) and loads the rest.
 """
 
 from __future__ import annotations
