@@ -6,14 +6,18 @@ from __future__ import annotations
 from optiserve.domain.errors import InvalidRequest
 from optiserve.models.local.quantize.base import Method
 from optiserve.models.local.quantize.casting import BF16, FP16
+from optiserve.models.local.quantize.gptq import GPTQ
 from optiserve.models.local.quantize.int8_dynamic import INT8_DYNAMIC
 from optiserve.models.local.quantize.pruning import PRUNE_2_4, PRUNE_MAGNITUDE
+from optiserve.models.local.quantize.torchao_int8 import INT8_WEIGHT_ONLY
 
 #: Every method this build offers, in the order ListModels and errors show them.
 METHODS: tuple[Method, ...] = (
     FP16,
     BF16,
     INT8_DYNAMIC,
+    INT8_WEIGHT_ONLY,
+    GPTQ,
     PRUNE_MAGNITUDE,
     PRUNE_2_4,
 )
