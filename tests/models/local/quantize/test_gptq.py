@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from optiserve.domain.errors import FailedPrecondition, InvalidRequest
-from optiserve.models.local.quantize.base import Progress, QuantSpec, VariantRecipe
+from optiserve.models.local.quantize.base import Cancelled, Progress, QuantSpec, VariantRecipe
 from optiserve.models.local.quantize.common import Steps, load_source
 from optiserve.models.local.quantize.gptq import GPTQ, gptq_problem
 from optiserve.tools.tinymodels import TinySpec, build_tiny_model
@@ -170,3 +170,17 @@ def test_gptq_8bit_round_trip(llama128: Path, tmp_path: Path) -> None:
     assert recipe.bits == 8
     assert "TorchLinear" in recipe.kernel
     assert 0 <= kl < 0.01
+
+
+@pytest.mark.usefixtures("in_empty_dir")
+def test_gptq_stops_between_layers_on_cancel(llama128: Path, tmp_path: Path) -> None:
+    _require_packages()
+    cancel = threading.Event()
+
+    def progress(p: Progress) -> None:
+        if p.phase == "quantizing" and p.steps == 2:  # inside optimum's layer loop
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        GPTQ.apply(llama128, tmp_path, QuantSpec("gptq"), progress, cancel)
+    assert not (tmp_path / "model.safetensors").exists()

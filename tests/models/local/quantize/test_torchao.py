@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from optiserve.domain.errors import FailedPrecondition, InvalidRequest
-from optiserve.models.local.quantize.base import Progress, QuantSpec, VariantRecipe
+from optiserve.models.local.quantize.base import Cancelled, Progress, QuantSpec, VariantRecipe
 from optiserve.models.local.quantize.common import Steps, load_source
 from optiserve.models.local.quantize.torchao_int8 import (
     INT8_WEIGHT_ONLY,
@@ -108,3 +108,20 @@ def test_load_refuses_another_device(tmp_path: Path) -> None:
 
 def _silent_steps() -> Steps:
     return Steps(lambda _: None, threading.Event())
+
+
+def test_int8_weight_only_stops_on_cancel(tiny_model_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip(
+        "torchao", reason="torchao is not installed (pip install 'optiserve[quantize]')"
+    )
+    cancel = threading.Event()
+
+    def progress(p: Progress) -> None:
+        if p.phase == "quantizing":
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        INT8_WEIGHT_ONLY.apply(
+            tiny_model_dir, tmp_path, QuantSpec("int8_weight_only"), progress, cancel
+        )
+    assert not (tmp_path / WEIGHTS_FILE).exists()
