@@ -59,8 +59,10 @@ def linear_sparsity(model: torch.nn.Module) -> float:
     zeros = total = 0
     for _, block in decoder_blocks(model):
         for _, linear in block_linears(block):
-            zeros += int((linear.weight == 0).sum())
-            total += linear.weight.numel()
+            # torchao's Int8Tensor has no ==: count on its stored int8 values.
+            weight = getattr(linear.weight, "qdata", linear.weight)
+            zeros += int((weight == 0).sum())
+            total += weight.numel()
     return zeros / total if total else 0.0
 
 
