@@ -203,15 +203,19 @@ class _GroupWriter:
                     stopping = True
                     break
                 batch.append(item)
+            error: BaseException | None = None
             try:
                 self._commit([(p.reservation, p.row) for p in batch])
             except BaseException as exc:  # a bug: fail the waiting requests, keep serving
                 log.exception("ledger writer failed")
-                for p in batch:
-                    p.done.set_exception(exc)
-                continue
+                error = exc
             for p in batch:
-                p.done.set_result(None)
+                # A waiter whose request was cancelled cancelled its future: nothing to tell.
+                if p.done.set_running_or_notify_cancel():
+                    if error is None:
+                        p.done.set_result(None)
+                    else:
+                        p.done.set_exception(error)
 
 
 @dataclass(frozen=True)
