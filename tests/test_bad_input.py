@@ -134,8 +134,9 @@ CASES = [
             prompt="a", response_format=pb.ResponseFormat(json_schema='{"type": "object"}')
         ),
         grpc.StatusCode.FAILED_PRECONDITION,
-        "model 'tiny' cannot honour response_format.json_schema; structured output is not "
-        "supported for local models yet; omit it or choose a model that supports it",
+        "model 'tiny' cannot honour response_format.json_schema; structured output needs "
+        "constrained decoding, not available for local models yet; omit it or choose a model "
+        "that supports it",
     ),
     (
         "prompt longer than context",
