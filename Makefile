@@ -22,7 +22,7 @@ $(STAMP): $(SOURCES)
 	# The client distribution first (it generates the protobuf stubs the server imports),
 	# so the server's optiserve-client==0.1.0 is satisfied by this checkout's copy.
 	$(BIN)/python -m pip install --quiet -e clients/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,quantize]'
 	touch $(STAMP)
 
 setup: $(STAMP)

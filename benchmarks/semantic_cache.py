@@ -108,7 +108,7 @@ DATA = ROOT.parent.parent / "shared" / "data" / "paraphrase"
 TEST_DATA = ROOT.parent / "tests" / "cache" / "data"
 
 FloatArray = npt.NDArray[np.float32]
-FloatArray64 = npt.NDArray[np.float64]
+FloatArray64 = npt.NDArray[np.floating[Any]]
 Pair = dict[str, Any]
 
 #: Pairs of the evaluation half (and of the paraphrase set) ``--quick`` keeps.

@@ -107,17 +107,13 @@ def test_the_client_raises_failed_precondition_for_a_schema(client: Client) -> N
         client.generate(PROMPT, json_schema='{"type": "object"}')
 
 
-def test_quantize_and_benchmark_say_unimplemented(server: ServerThread) -> None:
+def test_benchmark_says_unimplemented(server: ServerThread) -> None:
     with grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.OptiServeStub(channel)
-        for call in (
-            lambda: list(stub.Quantize(pb.QuantizeRequest(model="tiny"), timeout=10)),
-            lambda: list(stub.Benchmark(pb.BenchmarkRequest(), timeout=10)),
-        ):
-            with pytest.raises(grpc.RpcError) as info:
-                call()
-            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-            assert "not implemented" in (info.value.details() or "")
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Benchmark(pb.BenchmarkRequest(), timeout=10))
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "not implemented" in (info.value.details() or "")
 
 
 @pytest.fixture(scope="module")

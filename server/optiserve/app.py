@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,14 @@ from optiserve.cache.metrics import register_cache_metrics
 from optiserve.config import Config
 from optiserve.models.base import Backend
 from optiserve.models.catalogue import ModelCatalogue
+from optiserve.models.config import ModelConfig
 from optiserve.models.local.backend import LocalHFBackend
 from optiserve.models.local.metrics import SchedulerMetrics
 from optiserve.models.remote.factory import build_remote_backend
 from optiserve.models.remote.pools import ProviderPools
 from optiserve.process_settings import apply_process_settings
+from optiserve.quantizing import Quantizer
+from optiserve.quantizing.quantizer import VariantBackendFactory, find_variants
 from optiserve.routing.planner import Planner
 from optiserve.routing.router import Router
 from optiserve.rpc.interceptors import server_interceptors
@@ -57,8 +61,9 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OptiServe"].full_name
 def build_backends(
     config: Config, metrics: SchedulerMetrics, pools: ProviderPools
 ) -> list[tuple[str, Backend]]:
-    """One backend per configured model (not loaded yet); remote models of one provider
-    share its pooled HTTP client through ``pools``."""
+    """One backend per configured model, then one per Quantize variant found in the models
+    directory that no configured model serves (none loaded yet); remote models of one
+    provider share its pooled HTTP client through ``pools``."""
     backends: list[tuple[str, Backend]] = []
     for m in config.models:
         if m.local:
@@ -66,7 +71,34 @@ def build_backends(
         else:
             provider = config.provider(m.provider)
             backends.append((m.name, build_remote_backend(m, provider, pools=pools)))
+    names = {m.name for m in config.models}
+    sources = {str(Path(m.source).expanduser().resolve()) for m in config.models if m.local}
+    for path in find_variants(config.models_dir()):
+        if path.name not in names and str(path.resolve()) not in sources:
+            m = ModelConfig(
+                name=path.name, source=str(path), description=f"Quantize variant in {path}"
+            )
+            backends.append((m.name, LocalHFBackend(m, config.engine, metrics)))
     return backends
+
+
+def variant_backends(config: Config, metrics: SchedulerMetrics) -> VariantBackendFactory:
+    """How a new variant is served: with its source model's settings (device, token caps,
+    prices, tier, quality), its own weights and dtype."""
+    configured = {m.name: m for m in config.models}
+
+    def build(name: str, directory: Path, source_model: str) -> Backend:
+        base = configured.get(source_model) or ModelConfig(name=name, source=str(directory))
+        m = replace(
+            base,
+            name=name,
+            source=str(directory),
+            dtype="float32",  # a variant's own dtype (models/local/backend.py)
+            description=f"Quantize variant of {source_model!r} in {directory}",
+        )
+        return LocalHFBackend(m, config.engine, metrics)
+
+    return build
 
 
 def build_planner(config: Config, catalogue: ModelCatalogue) -> Planner:
@@ -106,8 +138,12 @@ class OptiserveApp:
         self.config = config
         self.registry = CollectorRegistry()
         self.pools = ProviderPools()
-        self.backends = build_backends(config, SchedulerMetrics(self.registry), self.pools)
+        metrics = SchedulerMetrics(self.registry)
+        self.backends = build_backends(config, metrics, self.pools)
         self.catalogue = ModelCatalogue(self.backends)
+        self.quantizer = Quantizer(
+            config.quantize, config.models_dir(), self.catalogue, variant_backends(config, metrics)
+        )
         #: Built once the models are loaded (routes read their context lengths).
         self.planner: Planner | None = None
         self.spending: Spending | None = None
@@ -158,7 +194,8 @@ class OptiserveApp:
                 ("grpc.max_send_message_length", cfg.max_message_bytes),
             ],
         )
-        pb_grpc.add_OptiServeServicer_to_server(OptiServeServicer(self.service), server)
+        servicer = OptiServeServicer(self.service, self.quantizer)
+        pb_grpc.add_OptiServeServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         enable_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
         self.port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
@@ -203,8 +240,9 @@ class OptiserveApp:
         self._server = None
         # In-flight RPCs are done; their cache writes get what is left of the grace period.
         await self.service.drain(grace - (time.monotonic() - started))
-        for _, backend in self.backends:
-            await asyncio.to_thread(backend.close)
+        self.quantizer.close()
+        for name in self.catalogue.names():  # with the variants served since the start
+            await asyncio.to_thread(self.catalogue.backend(name).close)
         if self.cache is not None:
             await asyncio.to_thread(self.cache.close)
         if self.spending is not None:

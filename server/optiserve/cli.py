@@ -67,7 +67,26 @@ def build_parser() -> argparse.ArgumentParser:
     usage = sub.add_parser("usage", help="usage since start, the ledger's totals and budgets")
     _client_args(usage)
     usage.add_argument("--model", default="", help="only this model")
+    _quantize_args(sub.add_parser("quantize", help="build, measure and serve a variant"))
     return parser
+
+
+def _quantize_args(parser: argparse.ArgumentParser) -> None:
+    from optiserve_client import QUANT_METHODS
+
+    _client_args(parser)
+    parser.add_argument("model", help="a local model's name (see `optiserve models`)")
+    parser.add_argument("method", choices=sorted(QUANT_METHODS))
+    parser.add_argument("--bits", type=int, default=0, help="gptq: 4 or 8 (0 = default)")
+    parser.add_argument("--group-size", type=int, default=0, help="gptq group size")
+    parser.add_argument("--sparsity", type=float, default=0.0, help="pruning: zero fraction")
+    parser.add_argument("--name", default="", help="the variant's name (a directory name)")
+    parser.add_argument("--serve", action="store_true", help="serve the variant when built")
+    parser.add_argument(
+        "--calibration-file", default="", help="gptq: calibration texts, one per line"
+    )
+    parser.add_argument("--eval-file", default="", help="text the fidelity figures are measured on")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -174,16 +193,64 @@ def _call(args: argparse.Namespace) -> int:
         elif args.command == "models":
             for m in client.list_models():
                 flags = " ".join(f for f, on in (("default", m.default), ("demo", m.demo)) if on)
-                print(f"{m.name}\t{m.provider}\t{m.source}\t{m.context_length}\t{flags}")
+                quant = m.quantization if m.quantization != "none" else ""
+                row = (m.name, m.provider, m.source, m.context_length, quant, flags)
+                print("\t".join(str(x) for x in row).rstrip())
         elif args.command == "health":
             print(client.health())
         elif args.command == "usage":
             report = client.usage(args.model)
             print(MessageToJson(report, indent=2, always_print_fields_with_no_presence=True))
+        elif args.command == "quantize":
+            return _quantize(client, args)
         if done is not None and not args.json:  # JSON already carries finish reason and usage
             note = _empty_answer_note(done, args)
             if note:
                 print(note, file=sys.stderr)
+    return 0
+
+
+def _quantize(client: Any, args: argparse.Namespace) -> int:
+    """Run a Quantize job: a progress bar on stderr, the report on stdout."""
+    from google.protobuf.json_format import MessageToJson
+
+    from optiserve.quantize_report import format_progress, format_report
+    from optiserve_client import build_quantize_request
+
+    def read(path: str) -> str:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+
+    request = build_quantize_request(
+        args.model,
+        args.method,
+        bits=args.bits,
+        group_size=args.group_size,
+        sparsity=args.sparsity,
+        calibration_texts=[t for t in read(args.calibration_file).splitlines() if t.strip()]
+        if args.calibration_file
+        else (),
+        variant_name=args.name,
+        serve=args.serve,
+        evaluation_text=read(args.eval_file) if args.eval_file else "",
+    )
+    tty = sys.stderr.isatty()
+    report = None
+    for event in client.quantize(request):
+        if event.HasField("progress"):
+            line = format_progress(event.progress)
+            print(f"\r{line}" if tty else line.rstrip(), end="" if tty else "\n", file=sys.stderr)
+        else:
+            report = event.report
+    if tty:
+        print(file=sys.stderr)
+    if report is None:
+        print("optiserve: the server ended the job without a report", file=sys.stderr)
+        return 1
+    if args.json:
+        print(MessageToJson(report, indent=2, always_print_fields_with_no_presence=True))
+    else:
+        print(format_report(report, color=sys.stdout.isatty()))
     return 0
 
 

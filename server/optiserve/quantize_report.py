@@ -64,6 +64,18 @@ def format_report(r: pb.QuantizeReport, *, color: bool) -> str:
         ("mean KL (nats)", "", f"{r.kl_divergence:.5f}"),
         ("greedy agreement", "", f"{r.token_agreement:.1%}"),
         ("evaluation tokens", str(r.evaluation_tokens), ""),
+        *([("zero weights", "", f"{r.weight_sparsity:.1%}")] if r.weight_sparsity else []),
+        *(
+            [
+                (
+                    "embedding cosine",
+                    f"{r.embedding_sentences} sentences",
+                    f"mean {r.embedding_cosine_mean:.4f}, min {r.embedding_cosine_min:.4f}",
+                )
+            ]
+            if r.embedding_sentences
+            else []
+        ),
         ("took", f"{r.duration_s:.1f} s", ""),
     ]
     width = max(len(name) for name, _, _ in rows)

@@ -103,6 +103,10 @@ class Model:
     default_max_new_tokens: int = 0
     #: True when the model honours a json_schema.
     structured_output: bool = False
+    #: "none", a dtype, or a Quantize variant's method; its bits and weight bytes.
+    quantization: str = "none"
+    quant_bits: int = 0
+    size_bytes: int = 0
 
     @classmethod
     def from_proto(cls, m: pb.ModelInfo) -> Model:
@@ -119,4 +123,7 @@ class Model:
             max_new_tokens_cap=m.max_new_tokens_cap,
             default_max_new_tokens=m.default_max_new_tokens,
             structured_output=m.structured_output,
+            quantization=m.quantization,
+            quant_bits=m.quant_bits,
+            size_bytes=m.size_bytes,
         )

@@ -66,11 +66,25 @@ class QuantizeReport:
     duration_s: float
     serving: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: Measured fraction of zero weights in the variant's decoder-layer linear layers.
+    weight_sparsity: float = 0.0
+    #: The embedder's report: mean and lowest cosine of the variant's embeddings to the
+    #: fp32 ones, over ``embedding_sentences`` fixed sentences (0 for language models).
+    embedding_cosine_mean: float = 0.0
+    embedding_cosine_min: float = 0.0
+    embedding_sentences: int = 0
 
     @property
     def size_ratio(self) -> float:
         """Bytes before over bytes after."""
         return self.size_bytes_before / self.size_bytes_after if self.size_bytes_after else 0.0
+
+    @property
+    def perplexity_delta_pct(self) -> float:
+        """Perplexity change of the variant in percent of the source's (0 when unmeasured)."""
+        if not self.perplexity_before:
+            return 0.0
+        return 100.0 * (self.perplexity_after / self.perplexity_before - 1.0)
 
     @property
     def slower_than_source(self) -> bool:

@@ -303,3 +303,8 @@ class ModelInfo:
     structured_output: bool = False
     #: For a route: the models it may choose, in fallback order.
     route_models: tuple[str, ...] = ()
+    #: A Quantize variant: bits per weight, bytes of its weight files, what it was made
+    #: from (0, 0, "" for other models).
+    quant_bits: int = 0
+    size_bytes: int = 0
+    variant_of: str = ""

@@ -197,6 +197,9 @@ def model_info_to_proto(m: d.ModelInfo) -> pb.ModelInfo:
         quality=m.quality,
         route_models=list(m.route_models),
         quantization=m.quantization,
+        quant_bits=m.quant_bits,
+        size_bytes=m.size_bytes,
+        variant_of=m.variant_of,
         default=m.default,
         max_new_tokens_cap=m.max_new_tokens_cap,
         default_max_new_tokens=m.default_max_new_tokens,
@@ -354,5 +357,10 @@ def quantize_event_to_proto(event: QuantizeProgress | QuantizeReport) -> pb.Quan
             evaluation_tokens=r.evaluation_tokens,
             slower_than_source=r.slower_than_source,
             notes=list(r.notes),
+            weight_sparsity=r.weight_sparsity,
+            perplexity_delta_pct=r.perplexity_delta_pct,
+            embedding_cosine_mean=r.embedding_cosine_mean,
+            embedding_cosine_min=r.embedding_cosine_min,
+            embedding_sentences=r.embedding_sentences,
         )
     )

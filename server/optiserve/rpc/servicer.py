@@ -10,6 +10,7 @@ import grpc
 
 from optiserve.domain.errors import InvalidRequest, OptiserveError, Unimplemented
 from optiserve.domain.types import GenerateRequest, TextDelta
+from optiserve.quantizing import Quantizer
 from optiserve.rpc import convert
 from optiserve.rpc.request_ids import current_request_id
 from optiserve.service import Service
@@ -30,8 +31,9 @@ def tenant_of(context: grpc.aio.ServicerContext) -> str:
 class OptiServeServicer(pb_grpc.OptiServeServicer):  # type: ignore[misc]
     """gRPC face of the :class:`~optiserve.service.Service`."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, quantizer: Quantizer | None = None) -> None:
         self._service = service
+        self._quantizer = quantizer
 
     def _request(
         self, msg: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -81,9 +83,16 @@ class OptiServeServicer(pb_grpc.OptiServeServicer):  # type: ignore[misc]
     async def Quantize(
         self, request: pb.QuantizeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.QuantizeEvent]:
-        """Not served yet."""
-        raise Unimplemented("Quantize is not implemented in this build yet; see the project issues")
-        yield pb.QuantizeEvent()  # pragma: no cover - makes this an async generator
+        """Build, measure and (when asked) serve a variant: progress, then the report.
+        A cancelled call cancels the job (its partial output is removed)."""
+        if self._quantizer is None:
+            raise Unimplemented("this server was started without Quantize")
+        events = self._quantizer.run(convert.quantize_request_from_proto(request))
+        try:
+            async for event in events:
+                yield convert.quantize_event_to_proto(event)
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
 
     async def Benchmark(
         self, request: pb.BenchmarkRequest, context: grpc.aio.ServicerContext

@@ -71,7 +71,9 @@ def group_keys(rows: list[dict[str, Any]]) -> list[str]:
     return [find(row["a"]) for row in rows]
 
 
-def calibration_mask(rows: list[dict[str, Any]], share: float = CALIBRATION_SHARE) -> np.ndarray:
+def calibration_mask(
+    rows: list[dict[str, Any]], share: float = CALIBRATION_SHARE
+) -> np.ndarray[Any, np.dtype[np.bool_]]:
     """True for the pairs of qqp_train held out for calibration (whole groups, by hash)."""
     marks = []
     for key in group_keys(rows):
@@ -106,8 +108,8 @@ def batches(
     out = []
     chunk = size * 50  # sort within chunks: similar lengths per batch, order still random
     for start in range(0, len(order), chunk):
-        idx = np.arange(start, min(start + chunk, len(order)))
-        idx = idx[np.argsort(lengths[idx], kind="stable")]
+        span = np.arange(start, min(start + chunk, len(order)))
+        idx = span[np.argsort(lengths[span], kind="stable")]
         for b in range(0, len(idx), size):
             part = idx[b : b + size]
             width = int(lengths[part].max())

@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +41,9 @@ from optiserve.models.local.batch import eos_token_ids
 from optiserve.models.local.config import EngineConfig
 from optiserve.models.local.input_bound import CharBound, char_bound
 from optiserve.models.local.metrics import SchedulerMetrics
+from optiserve.models.local.quantize.base import VariantRecipe
+from optiserve.models.local.quantize.common import weight_bytes
+from optiserve.models.local.quantize.variant_io import is_variant, load_variant
 from optiserve.models.local.stops import TokenStops
 
 log = logging.getLogger(__name__)
@@ -74,6 +78,9 @@ class LocalHFBackend:
         self._bound: CharBound | None = None
         self._tokenize_pool: ThreadPoolExecutor | None = None
         self.scheduler: sched.Scheduler | None = None
+        #: The recipe and weight bytes of a Quantize variant (None for other models).
+        self._variant: VariantRecipe | None = None
+        self._variant_bytes = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -97,11 +104,19 @@ class LocalHFBackend:
             source, trust_remote_code=cfg.trust_remote_code
         )
         device = resolve_device(cfg.device)
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            source,
-            dtype=getattr(torch, cfg.dtype),  # the Dtype literals are torch dtype names
-            trust_remote_code=cfg.trust_remote_code,
-        )
+        model: Any
+        if is_variant(source):  # a Quantize variant: its recipe says how to rebuild it
+            self._variant = VariantRecipe.read(Path(source))
+            self._variant_bytes = weight_bytes(Path(source))
+            # float32 (the default) means the variant's own dtype; others are asked for.
+            dtype = None if cfg.dtype == "float32" else getattr(torch, cfg.dtype)
+            model = load_variant(source, dtype=dtype, device=str(device))
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                source,
+                dtype=getattr(torch, cfg.dtype),  # the Dtype literals are torch dtype names
+                trust_remote_code=cfg.trust_remote_code,
+            )
         model = model.to(device).eval()
         self._stops = TokenStops(self._tokenizer, eos_token_ids(model, self._tokenizer))
         self._bound = char_bound(self._tokenizer)
@@ -151,6 +166,8 @@ class LocalHFBackend:
     def info(self) -> ModelInfo:
         """What ListModels shows."""
         cfg = self._config
+        variant = self._variant
+        quantization = "none" if cfg.dtype == "float32" else cfg.dtype
         return ModelInfo(
             name=cfg.name,
             kind=ModelKind.LOCAL,
@@ -159,7 +176,10 @@ class LocalHFBackend:
             context_length=self.context_length,
             demo=cfg.source == DEMO_SOURCE,
             description=cfg.description,
-            quantization="none" if cfg.dtype == "float32" else cfg.dtype,
+            quantization=variant.method if variant else quantization,
+            quant_bits=variant.bits if variant else 0,
+            size_bytes=self._variant_bytes,
+            variant_of=variant.source if variant else "",
             prices=cfg.prices,
             tier=cfg.tier_value,
             quality=cfg.quality,

@@ -162,8 +162,10 @@ class CausalLMBatch:
         #: How the model takes the KV cache (set at prefill, see :func:`cache_argument`).
         self._cache_arg = "past_key_values"
         self._width = int(lengths.max()) if len(lengths) else 0
-        self._generated = np.zeros(len(rows), dtype=np.int64)
-        self._limits = np.array([r.request.max_new_tokens for r in rows], dtype=np.int64)
+        self._generated: np.ndarray[Any, np.dtype[np.int64]] = np.zeros(len(rows), dtype=np.int64)
+        self._limits: np.ndarray[Any, np.dtype[np.int64]] = np.array(
+            [r.request.max_new_tokens for r in rows], dtype=np.int64
+        )
         self._mins = np.array([r.request.min_new_tokens for r in rows], dtype=np.int64)
         self._sampled: list[int] = []
         self._stop_plan: tuple[np.ndarray[Any, Any], ...] | None = None
@@ -468,7 +470,7 @@ class CausalLMBatch:
 
     def _take(self, order: np.ndarray[Any, np.dtype[np.int64]]) -> None:
         """Keep the per-row state of rows ``order`` (old positions), in that order."""
-        self.rows = [self.rows[i] for i in order.tolist()]
+        self.rows = [self.rows[int(i)] for i in order]
         self.cached = self.cached[order]
         self._generated = self._generated[order]
         self._limits = self._limits[order]

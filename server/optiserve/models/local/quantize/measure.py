@@ -144,6 +144,7 @@ class Measurement:
             duration_s=self.duration_s,
             serving=serving,
             notes=self.notes,
+            weight_sparsity=self.weight_sparsity,
         )
 
 
