@@ -155,6 +155,12 @@ class LocalHFBackend:
         if pool is not None:  # later requests tokenize inline, then meet the stopped scheduler
             pool.shutdown(wait=False, cancel_futures=True)
 
+    def set_max_batch_size(self, size: int) -> int:
+        """The scheduler's max_batch_size from now on; return the previous one."""
+        if self.scheduler is None:
+            raise Unavailable(f"model {self._config.name!r} is not loaded yet; retry shortly")
+        return self.scheduler.set_max_batch_size(size)
+
     @property
     def context_length(self) -> int:
         """Prompt plus completion tokens the model takes (0 until loaded)."""

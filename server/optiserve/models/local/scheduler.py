@@ -47,6 +47,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from optiserve.domain.errors import (
@@ -137,6 +138,17 @@ class Scheduler:
         self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[SequenceHandle, Any]]] = {}
 
     # ------------------------------------------------------------------ public API
+
+    def set_max_batch_size(self, size: int) -> int:
+        """Admit at most ``size`` running sequences from the next admission on (running
+        ones are not evicted); return the previous limit. For benchmark sweeps."""
+        if size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {size}")
+        old = self.config.max_batch_size
+        self.config = replace(self.config, max_batch_size=size)
+        with self._cond:
+            self._cond.notify_all()
+        return old
 
     def start(self) -> None:
         """Start the worker thread."""
