@@ -365,3 +365,24 @@ def test_the_cli_shows_progress_and_the_report_table(
     assert "note:" in out  # pruning says plainly what its zeros save here
     code = main(["models", "--target", qserver.target])
     assert code == 0
+
+
+def test_gptq_4bit_through_the_rpc_is_served(qserver: ServerThread, models_dir: Path) -> None:
+    from optiserve.models.local.quantize.methods import method_named
+
+    why = method_named("gptq").unavailable()
+    if why:
+        pytest.skip(why)
+    request = build_quantize_request(
+        "tiny", "gptq", bits=4, group_size=32, variant_name="tiny-gptq4", serve=True
+    )
+    _, r = _run(qserver.target, request)
+    assert r.bits == 4
+    assert "gptq" in r.kernel.lower()
+    assert r.size_bytes_after == weight_bytes(models_dir / "tiny-gptq4")
+    assert r.size_ratio > 1.0
+    assert r.kl_divergence >= 0.0
+    assert r.serving
+    with Client(qserver.target, timeout=60) as client:
+        answer = client.generate("Hello", model="tiny-gptq4", max_new_tokens=4)
+        assert answer.usage.completion_tokens > 0
