@@ -386,3 +386,31 @@ def test_gptq_4bit_through_the_rpc_is_served(qserver: ServerThread, models_dir: 
     with Client(qserver.target, timeout=60) as client:
         answer = client.generate("Hello", model="tiny-gptq4", max_new_tokens=4)
         assert answer.usage.completion_tokens > 0
+
+
+def test_a_variant_is_a_catalogue_entry_a_route_can_choose(
+    int8: tuple[list[pb.Progress], pb.QuantizeReport],
+    make_config: Callable[..., Config],
+    tmp_path: Path,
+) -> None:
+    from optiserve.routing.config import RouteConfig
+
+    _, r = int8
+    config = _config(make_config, tmp_path)
+    variant = ModelConfig(name="small", source=r.path, quality=0.4, description="int8 tiny")
+    route = RouteConfig(name="auto", models=("small",))
+    config = replace(
+        config, models=(*config.models, variant), routes=(route,), default_model="auto"
+    )
+    thread = ServerThread(config)
+    thread.start()
+    try:
+        with Client(thread.target, timeout=60) as client:
+            models = {m.name: m for m in client.list_models()}
+            assert models["small"].quantization == "int8_dynamic"
+            assert models["small"].quant_bits == 8
+            answer = client.generate("Hello, who are you?", max_new_tokens=4)
+            assert answer.model == "small"
+            assert answer.usage.completion_tokens > 0
+    finally:
+        thread.stop()
