@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from optiserve.accounting.config import BudgetConfig, LedgerConfig
+from optiserve.benchmarking.config import BenchmarkConfig
 from optiserve.cache.config import CacheConfig, EmbedderQuantize
 from optiserve.config import (
     DEFAULT_MODELS,
@@ -309,6 +310,7 @@ def test_readme_documents_every_setting() -> None:
         ("budget", BudgetConfig),
         ("ledger", LedgerConfig),
         ("quantize", QuantizeConfig),
+        ("benchmark", BenchmarkConfig),
     ):
         keys += [f"`{section}.{f.name}`" for f in dataclasses.fields(cls)]
     for table, cls in (

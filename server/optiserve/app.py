@@ -30,6 +30,7 @@ from optiserve.accounting.spend_counters import (
     SpendCounters,
 )
 from optiserve.accounting.usage import UsageTracker
+from optiserve.benchmarking.benchmarker import Benchmarker
 from optiserve.cache import ResponseCache
 from optiserve.cache.metrics import register_cache_metrics
 from optiserve.config import Config
@@ -194,7 +195,8 @@ class OptiserveApp:
                 ("grpc.max_send_message_length", cfg.max_message_bytes),
             ],
         )
-        servicer = OptiServeServicer(self.service, self.quantizer)
+        benchmarker = Benchmarker(self.config.benchmark, self.service, self.catalogue)
+        servicer = OptiServeServicer(self.service, self.quantizer, benchmarker)
         pb_grpc.add_OptiServeServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         enable_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))

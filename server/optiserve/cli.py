@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     _client_args(usage)
     usage.add_argument("--model", default="", help="only this model")
     _quantize_args(sub.add_parser("quantize", help="build, measure and serve a variant"))
+    bench = sub.add_parser(
+        "bench", help="measure latency, throughput, tokens, cost and cache savings"
+    )
+    _client_args(bench)
+    from optiserve.bench_cli import add_bench_args
+
+    add_bench_args(bench)
     return parser
 
 
@@ -262,6 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from optiserve_client import OptiserveClientError
 
     try:
+        if args.command == "bench":
+            from optiserve.bench_cli import run_bench
+
+            return run_bench(args)
         return _call(args)
     except OptiserveClientError as exc:
         print(f"optiserve: {exc}", file=sys.stderr)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from optiserve.accounting.config import BudgetConfig, LedgerConfig
+from optiserve.benchmarking.config import BenchmarkConfig
 from optiserve.cache.config import CacheConfig
 from optiserve.domain.settings import (
     SettingError,
@@ -133,6 +134,7 @@ class Config:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     models: tuple[ModelConfig, ...] = ()
     providers: tuple[ProviderConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
@@ -236,6 +238,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "budget": BudgetConfig,
     "ledger": LedgerConfig,
     "quantize": QuantizeConfig,
+    "benchmark": BenchmarkConfig,
 }
 #: Arrays of tables ([[models]], [[providers]], [[routes]]), configured in the file only.
 _LISTS: dict[str, type[Any]] = {

@@ -243,6 +243,21 @@ class Client:
         finally:
             call.cancel()
 
+    def benchmark(
+        self, request: pb.BenchmarkRequest, *, timeout: float | None = None
+    ) -> Iterator[pb.BenchmarkEvent]:
+        """Run a benchmark inside the server: progress events, then one with the report.
+        Closing the iterator (or an exception in the loop) cancels the run."""
+        call = self._stub.Benchmark(
+            request, timeout=timeout or self._timeout, metadata=self._metadata
+        )
+        try:
+            yield from call
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()
+
     def health(self, service: str = "") -> str:
         """The health status name, e.g. "SERVING"."""
         return str(self._call(check_method(self._channel), service, None))

@@ -164,7 +164,8 @@ class PointReport:
     ttft_ms: Percentiles
     tpot_ms: Percentiles
     itl_ms: Percentiles
-    #: Completed requests and output tokens per second over the point's measured window.
+    #: Completed requests, and output tokens (generated or served from the cache) per
+    #: second, over the point's measured window.
     requests_per_s: float
     output_tokens_per_s: float
     goodput_rps: float

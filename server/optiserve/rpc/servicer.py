@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from optiserve.benchmarking.benchmarker import Benchmarker
 from optiserve.domain.errors import InvalidRequest, OptiserveError, Unimplemented
 from optiserve.domain.types import GenerateRequest, TextDelta
 from optiserve.quantizing import Quantizer
-from optiserve.rpc import convert
+from optiserve.rpc import convert, convert_benchmark
 from optiserve.rpc.request_ids import current_request_id
 from optiserve.service import Service
 from optiserve_client.v1 import optiserve_pb2 as pb
@@ -31,9 +32,15 @@ def tenant_of(context: grpc.aio.ServicerContext) -> str:
 class OptiServeServicer(pb_grpc.OptiServeServicer):  # type: ignore[misc]
     """gRPC face of the :class:`~optiserve.service.Service`."""
 
-    def __init__(self, service: Service, quantizer: Quantizer | None = None) -> None:
+    def __init__(
+        self,
+        service: Service,
+        quantizer: Quantizer | None = None,
+        benchmarker: Benchmarker | None = None,
+    ) -> None:
         self._service = service
         self._quantizer = quantizer
+        self._benchmarker = benchmarker
 
     def _request(
         self, msg: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -97,11 +104,17 @@ class OptiServeServicer(pb_grpc.OptiServeServicer):  # type: ignore[misc]
     async def Benchmark(
         self, request: pb.BenchmarkRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.BenchmarkEvent]:
-        """Not served yet."""
-        raise Unimplemented(
-            "Benchmark is not implemented in this build yet; run benchmarks/ scripts instead"
-        )
-        yield pb.BenchmarkEvent()  # pragma: no cover
+        """Measure a workload against this server's own pipeline: progress, then the
+        report. A cancelled call stops the run (its requests are cancelled)."""
+        if self._benchmarker is None:
+            raise Unimplemented("this server was started without Benchmark")
+        workload = convert_benchmark.workload_from_proto(request)
+        events = self._benchmarker.run(workload, tenant_of(context))
+        try:
+            async for event in events:
+                yield convert_benchmark.benchmark_event_to_proto(event)
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
