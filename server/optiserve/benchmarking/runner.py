@@ -133,8 +133,9 @@ async def _one(
     first: float | None = None
     outcome: BenchOutcome | None = None
     status = "OK"
-    stream = send(request)
+    stream: AsyncIterator[str | BenchOutcome] | None = None
     try:
+        stream = send(request)
         async for item in stream:
             now = clock()
             if isinstance(item, BenchOutcome):
@@ -148,7 +149,7 @@ async def _one(
     except Exception as exc:
         status = status_of(exc)
     finally:
-        close = getattr(stream, "aclose", None)
+        close = getattr(stream, "aclose", None)  # an async generator's; None otherwise
         if close is not None:
             await close()
     done = clock()
