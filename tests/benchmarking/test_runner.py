@@ -245,3 +245,11 @@ async def test_cancelling_the_run_cancels_every_request_within_a_second(
         await task
     assert time.monotonic() - started < 1.0
     assert server.in_flight == 0
+
+
+async def test_a_send_that_fails_before_streaming_is_a_failed_request() -> None:
+    def refuse(r: BenchRequest) -> AsyncIterator[str | BenchOutcome]:
+        raise StatusError("UNAVAILABLE")
+
+    report = await run_workload(workload(requests=3), refuse)
+    assert report.points[0].errors_by_status == {"UNAVAILABLE": 3}
