@@ -327,3 +327,21 @@ def test_cancelling_stops_the_run_promptly(bserver: ServerThread) -> None:
     assert all("benchmark(s) running" in r for r in refusals)
     scheduler = bserver.app.catalogue.backend("tiny").scheduler  # type: ignore[attr-defined]
     assert scheduler.running_count == 0
+
+
+def test_a_batch_size_sweep_sets_and_restores_the_scheduler(bserver: ServerThread) -> None:
+    scheduler = bserver.app.catalogue.backend("tiny").scheduler  # type: ignore[attr-defined]
+    configured = scheduler.config.max_batch_size
+    request = pb.BenchmarkRequest(
+        models=["tiny"],
+        batch_sizes=[2, 0],
+        concurrency=[4],
+        max_new_tokens=[4],
+        requests_per_point=8,
+    )
+    _, report = _run(bserver.target, request)
+    assert [p.batch_size for p in report.points] == [2, 0]
+    for p in report.points:
+        _consistent(p)
+        assert p.errors == 0
+    assert scheduler.config.max_batch_size == configured

@@ -71,14 +71,19 @@ class PipelineTarget:
             await events.aclose()  # type: ignore[attr-defined]
 
     async def set_batch_size(self, target: str, size: int) -> None:
-        """The scheduler batch size of local model ``target`` (routes and remote models
-        have none to set: unchanged)."""
+        """The scheduler batch size of local model ``target``; 0 puts back its configured
+        size (routes and remote models have none to set: unchanged)."""
         if not self._catalogue.has(target):
             return
         backend = self._catalogue.backend(target)
-        if isinstance(backend, LocalHFBackend):
-            old = backend.set_max_batch_size(size)
-            self._restore.setdefault(target, old)
+        if not isinstance(backend, LocalHFBackend):
+            return
+        if size == 0:
+            if target in self._restore:
+                backend.set_max_batch_size(self._restore.pop(target))
+            return
+        old = backend.set_max_batch_size(size)
+        self._restore.setdefault(target, old)
 
     def restore(self) -> None:
         """Put back every batch size this run changed."""
