@@ -26,7 +26,9 @@ beside it); GPTCache 0.1.44 on the same 10k entries in the same run.
   shared machine lands on one round of one side, not on the ratio.
 * The embedder alone: p50 of one ``embed()`` per backend (ONNX int8, ONNX fp32, torch;
   ``embedder_p50_ms``) and the int8 embedder's cosine to the fp32 one
-  (``embedder_cosine_vs_fp32``), on the stored and the queried questions (stderr).
+  (``embedder_cosine_vs_fp32``), on the stored and the queried questions, and the bytes of
+  both ONNX graphs (``embedder_size_bytes``), all from
+  :func:`optiserve.cache.embedder_fidelity.measure_embedder_quantization` (stderr).
 * Process settings: this process and the server apply the app's
   (:func:`optiserve.process_settings.apply_process_settings`); ``--faiss-threads`` sets the
   OpenMP team size of the cache's FAISS calls (``CacheConfig.faiss_threads``).
@@ -255,33 +257,24 @@ def time_gptcache(get: Callable[[str], Any], queries: list[str], threads: int) -
 
 def embedder_figures(cache_dir: Path, texts: list[str], rounds: int) -> dict[str, Any]:
     """p50 ms of one ``embed()`` per backend (median of ``rounds`` interleaved rounds) and
-    the cosine of the cache's int8 embeddings of ``texts`` to the fp32 ONNX embedder's."""
+    the cosine of the cache's int8 embeddings of ``texts`` to the fp32 ONNX embedder's,
+    measured by :func:`~optiserve.cache.embedder_fidelity.measure_embedder_quantization`
+    (the torch backend timed the same way beside it)."""
     from optiserve.cache.embedder import Embedder
+    from optiserve.cache.embedder_fidelity import embed_p50_ms, measure_embedder_quantization
 
-    backends = {
-        "onnx-int8": Embedder(onnx_dir=cache_dir, quantize="int8"),
-        "onnx": Embedder(onnx_dir=cache_dir, quantize="none"),
-        "torch": Embedder(backend="torch"),
-    }
-    p50s: dict[str, list[float]] = {name: [] for name in backends}
-    for embedder in backends.values():
-        for t in texts[:10]:
-            embedder.embed(t)  # warm up
-    for _ in range(rounds):
-        for name, embedder in backends.items():
-            times: list[float] = []
-            for t in texts:
-                started = time.perf_counter()
-                embedder.embed(t)
-                times.append((time.perf_counter() - started) * 1000)
-            p50s[name].append(percentiles(times)[0])
-    int8, fp32 = backends["onnx-int8"], backends["onnx"]
-    cos = np.asarray([float(int8.embed(t) @ fp32.embed(t)) for t in texts])
+    fidelity = measure_embedder_quantization(onnx_dir=cache_dir, texts=texts, rounds=rounds)
+    torch_p50 = embed_p50_ms({"torch": Embedder(backend="torch")}, texts, rounds)["torch"]
+    p50s = {"onnx-int8": fidelity.p50_ms_int8, "onnx": fidelity.p50_ms_fp32, "torch": torch_p50}
     return {
-        "embedder_p50_ms": {name: round(median(v), 3) for name, v in p50s.items()},
+        "embedder_p50_ms": {name: round(v, 3) for name, v in p50s.items()},
         "embedder_cosine_vs_fp32": {
-            "mean": round(float(cos.mean()), 5),
-            "min": round(float(cos.min()), 4),
+            "mean": round(fidelity.mean_cosine, 5),
+            "min": round(fidelity.min_cosine, 4),
+        },
+        "embedder_size_bytes": {
+            "onnx-int8": fidelity.size_bytes_int8,
+            "onnx": fidelity.size_bytes_fp32,
         },
     }
 

@@ -10,8 +10,10 @@ The hit path embeds one short question, so speed matters more than convenience:
 * ``backend="torch"``: the BERT encoder run directly with torch (no sentence-transformers
   wrapper); the fallback when ONNX is unavailable.
 
-The latency of each backend and the int8 vectors' cosine to fp32 are measured by
-``benchmarks/cache_latency.py`` (``embedder_p50_ms``, ``embedder_cosine_vs_fp32``).
+The int8 graph's fidelity (cosine to fp32 on a fixed sentence set), the sizes of both graphs
+and their latency are measured by :mod:`optiserve.cache.embedder_fidelity`
+(``measure_embedder_quantization``); ``benchmarks/cache_latency.py`` reports its figures
+(``embedder_p50_ms``, ``embedder_cosine_vs_fp32``) beside the torch backend's.
 
 ``threads`` applies only to what the embedder owns, its ONNX Runtime session. The torch
 fallback and the one-time ONNX export run with the process's torch threads, which the app
@@ -91,6 +93,8 @@ class Embedder:
         self._lock = threading.Lock()
         self._session: Any = None
         self._model: Any = None
+        #: The ONNX graph the session runs (the int8 twin when quantized); None on torch.
+        self.onnx_file: Path | None = None
         if backend == "auto":
             backend = "onnx" if onnx_available() else "torch"
         if backend == "onnx":
@@ -141,7 +145,9 @@ class Embedder:
             self._export_onnx(file)
         if self.quantize == "int8":
             file = onnx_runtime.quantized(file)
-        return onnx_runtime.session(file, self.threads)
+        session = onnx_runtime.session(file, self.threads)
+        self.onnx_file = file
+        return session
 
     def _export_onnx(self, file: Path) -> None:
         import torch
