@@ -129,7 +129,7 @@ def _round_trip(source: Path, out: Path, spec: QuantSpec) -> tuple[VariantRecipe
     assert any("down_proj in block 2/2" in p.message for p in seen)
     assert not Path("logs").exists()  # the tests run in an empty working directory
 
-    in_memory, _ = GPTQ.quantize(source, spec, Steps(lambda _: None, threading.Event()))
+    in_memory, _, _ = GPTQ.quantize(source, spec, Steps(lambda _: None, threading.Event()))
     reloaded = GPTQ.load(out, recipe, None, "cpu")
     ids = torch.tensor([[1, 5, 9, 42, 7, 3, 11, 100]])
     with torch.no_grad():

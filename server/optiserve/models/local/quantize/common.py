@@ -9,6 +9,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +147,86 @@ def weight_bytes(directory: Path) -> int:
     return sum(
         p.stat().st_size for p in directory.iterdir() if p.is_file() and p.suffix in suffixes
     )
+
+
+#: What kernel descriptions say of the embedding of int8 and GPTQ variants.
+EMBEDDING_NOTE = "embedding (and a tied lm_head) stored int8 per row, run in fp32"
+#: A quantized variant's input embedding, stored int8 per row (the weights file lacks it).
+EMBEDDING_FILE = "embedding_int8.safetensors"
+_EMBED_Q = ".int8"
+_EMBED_SCALE = ".scale"
+
+
+@dataclass(frozen=True)
+class Int8Embedding:
+    """An input embedding as int8 rows and their fp32 scales (``weight ≈ q * scale``)."""
+
+    key: str
+    q: torch.Tensor
+    scale: torch.Tensor
+
+    def weight(self) -> torch.Tensor:
+        """The fp32 weight both the variant in memory and the reloaded one use."""
+        return self.q.float() * self.scale[:, None]
+
+
+def embedding_key(model: Any) -> str:
+    """The state-dict key of ``model``'s input embedding weight."""
+    embedding = model.get_input_embeddings()
+    for name, module in model.named_modules():
+        if module is embedding:
+            return f"{name}.weight"
+    raise ValueError(f"{type(model).__name__} has no input embedding")
+
+
+def round_embedding(model: Any) -> Int8Embedding:
+    """Quantize ``model``'s input embedding to int8 per row (symmetric, absmax scales) and
+    put its round trip in place: what a reload computes, so the variant in memory and on
+    disk agree exactly. A tied output head follows (it is the same tensor)."""
+    weight = model.get_input_embeddings().weight
+    with torch.no_grad():
+        w = weight.detach().float()
+        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=torch.finfo(torch.float32).tiny)
+        q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        stored = Int8Embedding(embedding_key(model), q.contiguous(), scale.contiguous())
+        weight.copy_(stored.weight().to(weight.dtype))
+    return stored
+
+
+def save_embedding(embedding: Int8Embedding, out: Path) -> None:
+    """Write :data:`EMBEDDING_FILE` into the variant directory ``out``."""
+    from safetensors.torch import save_file
+
+    tensors = {embedding.key + _EMBED_Q: embedding.q, embedding.key + _EMBED_SCALE: embedding.scale}
+    save_file(tensors, str(out / EMBEDDING_FILE), metadata={"format": "pt"})
+
+
+def drop_tensors(weights_file: Path, keys: set[str]) -> None:
+    """Rewrite a safetensors file without ``keys`` (its metadata kept)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(weights_file), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys() if k not in keys}  # noqa: SIM118
+    save_file(tensors, str(weights_file), metadata=metadata)
+
+
+def load_embedding(model: Any, variant: Path) -> bool:
+    """Put the stored int8 embedding of ``variant`` into ``model`` (and re-tie its head);
+    False when the variant stores none (older variants keep it in the weights file)."""
+    from safetensors.torch import load_file
+
+    path = variant / EMBEDDING_FILE
+    if not path.is_file():
+        return False
+    key = embedding_key(model)
+    tensors = load_file(str(path))
+    stored = Int8Embedding(key, tensors[key + _EMBED_Q], tensors[key + _EMBED_SCALE])
+    weight = model.get_input_embeddings().weight
+    if tuple(weight.shape) != tuple(stored.q.shape):
+        raise ValueError(f"{path}: embedding {tuple(stored.q.shape)} does not match the model")
+    with torch.no_grad():
+        weight.copy_(stored.weight().to(weight.dtype))
+    model.tie_weights()
+    return True

@@ -45,11 +45,17 @@ import torch
 from optiserve.domain.errors import FailedPrecondition, InvalidRequest
 from optiserve.models.local.quantize.base import ProgressFn, QuantSpec, VariantRecipe
 from optiserve.models.local.quantize.common import (
+    EMBEDDING_NOTE,
+    Int8Embedding,
     Steps,
     check_common,
     copy_side_files,
+    drop_tensors,
+    load_embedding,
     quiet,
     refuse_sparsity,
+    round_embedding,
+    save_embedding,
 )
 
 #: The releases this method is built and tested against (the ``quantize`` extra).
@@ -248,7 +254,7 @@ def kernel_of(model: Any) -> str:
     if not names:
         return "no gptqmodel layers found"
     parts = [f"{n}: {_KERNELS[n]}" if n in _KERNELS else n for n in names]
-    return f"gptqmodel {_version('gptqmodel')} {'; '.join(parts)} (embedding and lm_head stay fp32)"
+    return f"gptqmodel {_version('gptqmodel')} {'; '.join(parts)} ({EMBEDDING_NOTE})"
 
 
 class GptqMethod:
@@ -289,8 +295,11 @@ class GptqMethod:
                     "choose a group_size that divides it, or another method"
                 )
 
-    def quantize(self, source: Path, spec: QuantSpec, steps: Steps) -> tuple[Any, Any]:
-        """``(model, tokenizer)``: the source quantized in memory, in eval mode."""
+    def quantize(
+        self, source: Path, spec: QuantSpec, steps: Steps
+    ) -> tuple[Any, Any, Int8Embedding]:
+        """``(model, tokenizer, embedding)``: the source quantized in memory, in eval mode,
+        and its int8 embedding (already in place, see :func:`round_embedding`)."""
         _require()
         from transformers import AutoModelForCausalLM, AutoTokenizer, GPTQConfig
         from transformers.utils import logging as hf_logging
@@ -312,7 +321,8 @@ class GptqMethod:
                 str(source), quantization_config=config, dtype=torch.float32
             )
         steps.check()
-        return model.eval(), tokenizer
+        embedding = round_embedding(model)
+        return model.eval(), tokenizer, embedding
 
     def apply(
         self,
@@ -324,11 +334,17 @@ class GptqMethod:
     ) -> VariantRecipe:
         """Calibrate and quantize layer by layer, then ``save_pretrained`` (safetensors)."""
         steps = Steps(progress, cancel)
-        model, _ = self.quantize(source, spec, steps)
+        model, _, embedding = self.quantize(source, spec, steps)
         steps.report("saving", 0, 1)
         copy_side_files(source, out)  # first: save_pretrained's config.json wins
         with quiet():
             model.save_pretrained(str(out), safe_serialization=True)
+        # The embedding (and a head tied to it) lives in EMBEDDING_FILE, int8.
+        for weights in out.glob("*.safetensors"):
+            drop_tensors(
+                weights, {embedding.key, "lm_head.weight"} if _tied(model) else {embedding.key}
+            )
+        save_embedding(embedding, out)
         recipe = VariantRecipe(
             method=self.name,
             bits=spec.bits or DEFAULT_BITS,
@@ -361,7 +377,18 @@ class GptqMethod:
         hf_logging.disable_progress_bar()
         with _contained_env(), quiet():
             model: Any = AutoModelForCausalLM.from_pretrained(str(variant), dtype=torch.float32)
+        load_embedding(model, variant)
         return model.eval()
+
+
+def _name_of(model: Any, module: Any) -> str:
+    return str(next(name for name, m in model.named_modules() if m is module))
+
+
+def _tied(model: Any) -> bool:
+    """True when the output head is the input embedding's tensor."""
+    head = model.get_output_embeddings()
+    return head is not None and head.weight is model.get_input_embeddings().weight
 
 
 GPTQ = GptqMethod()

@@ -3,8 +3,9 @@
 Weights are int8 with one scale per output channel; activations are quantized on the fly
 per batch; the x86 (fbgemm) engine runs the matmuls. torch quantizes activations to 7 bits
 (safe on every x86 CPU); on a CPU with VNNI this method uses all 8 (on the demo model: KL
-0.051 -> 0.015), and the recipe and the kernel string say which. The embedding and the
-(often tied) output head stay fp32. Quantized modules cannot ``save_pretrained``, so the
+0.051 -> 0.015), and the recipe and the kernel string say which. The embedding (and the
+often tied output head) is stored int8 per row and run in fp32 (:func:`round_embedding`).
+Quantized modules cannot ``save_pretrained``, so the
 variant stores the int8 weights, their scales and zero points, and every remaining fp32
 tensor in one safetensors file (``storage="state_dict"``); :meth:`Int8DynamicMethod.load`
 builds the fp32 model from the config, swaps in quantized layers made from the stored
@@ -16,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +27,21 @@ from optiserve.domain.errors import FailedPrecondition
 from optiserve.models.local.quantize.base import ProgressFn, QuantSpec, VariantRecipe
 from optiserve.models.local.quantize.common import (
     CONV1D_MODEL_TYPES,
+    EMBEDDING_FILE,
+    EMBEDDING_NOTE,
     Steps,
     block_linears,
     check_common,
     copy_side_files,
     decoder_blocks,
+    embedding_key,
+    load_embedding,
     load_source,
     quiet,
     refuse_sparsity,
     require_linears,
+    round_embedding,
+    save_embedding,
 )
 
 log = logging.getLogger(__name__)
@@ -127,7 +135,7 @@ class Int8DynamicMethod:
         bits = "8-bit (VNNI)" if full_range else "7-bit"
         return (
             f"torch.ao dynamic int8 ({_engine()}/fbgemm, per-channel weights, {bits} "
-            "activations quantized per batch; embedding and lm_head stay fp32)"
+            f"activations quantized per batch; {EMBEDDING_NOTE})"
         )
 
     @property
@@ -169,6 +177,7 @@ class Int8DynamicMethod:
         """Quantize ``model`` in place as :meth:`apply` does, for this CPU."""
         del spec
         self.quantize(model, steps, full_range=full_range_activations())
+        round_embedding(model)
         return model
 
     def apply(
@@ -185,9 +194,11 @@ class Int8DynamicMethod:
         model = load_source(source)
         full_range = full_range_activations()
         names = self.quantize(model, steps, full_range=full_range)
+        embedding = round_embedding(model)
         steps.report("saving", 0, 1)
         copy_side_files(source, out)
-        self.save(model, names, out)
+        self.save(model, names, out, stored_apart={embedding.key})
+        save_embedding(embedding, out)
         recipe = VariantRecipe(
             method=self.name,
             bits=8,
@@ -204,9 +215,15 @@ class Int8DynamicMethod:
         return recipe
 
     @staticmethod
-    def save(model: torch.nn.Module, names: list[str], out: Path) -> None:
+    def save(
+        model: torch.nn.Module,
+        names: list[str],
+        out: Path,
+        stored_apart: AbstractSet[str] = frozenset(),
+    ) -> None:
         """One safetensors file: each quantized layer's int8 weight, scales, zero points
-        and bias, then every other tensor of the state dict once (tied ones are rebuilt)."""
+        and bias, then every other tensor of the state dict once (tied ones are rebuilt),
+        except ``stored_apart`` (and what is tied to it)."""
         from safetensors.torch import save_file
 
         tensors: dict[str, torch.Tensor] = {}
@@ -222,6 +239,9 @@ class Int8DynamicMethod:
         prefixes = tuple(n + "." for n in names)
         for key, value in model.state_dict().items():
             if key.startswith(prefixes) or not isinstance(value, torch.Tensor):
+                continue
+            if key in stored_apart:
+                seen.add(value.data_ptr())
                 continue
             if value.data_ptr() in seen:  # tied (lm_head = embed_tokens): rebuilt by tying
                 continue
@@ -266,7 +286,8 @@ class Int8DynamicMethod:
         # The fp32 rest first: quantized modules insist on their own state-dict keys.
         missing, unexpected = model.load_state_dict(tensors, strict=False)
         prefixes = tuple(n + "." for n in layer_names)
-        missing = [k for k in missing if not k.startswith(prefixes)]
+        apart = {embedding_key(model)} if (variant / EMBEDDING_FILE).is_file() else set()
+        missing = [k for k in missing if not k.startswith(prefixes) and k not in apart]
         if unexpected or any(not _is_tied(model, k) for k in missing):
             raise ValueError(
                 f"{variant} does not match its config: missing {missing[:5]}, "
@@ -277,6 +298,7 @@ class Int8DynamicMethod:
                 qweight = torch._make_per_channel_quantized_tensor(int8, scales, zeros, 0)
             layer = _from_qweight(None, qweight, bias, full_range=full_range)
             _set_submodule(model, name, layer)
+        load_embedding(model, variant)
         model.tie_weights()
         return model.eval()
 

@@ -5,7 +5,8 @@ values, one fp32 scale per output row, symmetric); activations stay fp32. In eag
 the CPU torchao widens the int8 weight to the activation dtype on every call and runs a
 plain matmul, then scales the rows: the weights take a quarter of the space, but the work
 per token is the same as fp32 plus the widening (the report measures what it costs). The
-embedding and the (often tied) output head stay fp32, as in ``int8_dynamic``.
+embedding (and the often tied output head) is stored int8 per row and run in fp32, as in
+``int8_dynamic``.
 
 Saving: torchao's tensor subclasses do not ``save_pretrained`` to safetensors on the CPU
 (pytorch/ao#3800), and pickling them ties the file to torchao's class layout. The variant
@@ -28,6 +29,7 @@ import logging
 import threading
 import types
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,15 +40,21 @@ from optiserve.domain.errors import FailedPrecondition
 from optiserve.models.local.quantize.base import ProgressFn, QuantSpec, VariantRecipe
 from optiserve.models.local.quantize.common import (
     CONV1D_MODEL_TYPES,
+    EMBEDDING_FILE,
+    EMBEDDING_NOTE,
     Steps,
     block_linears,
     check_common,
     copy_side_files,
     decoder_blocks,
+    embedding_key,
+    load_embedding,
     load_source,
     quiet,
     refuse_sparsity,
     require_linears,
+    round_embedding,
+    save_embedding,
 )
 
 #: The torchao release this method is built and tested against.
@@ -136,7 +144,7 @@ class Int8WeightOnlyMethod:
         return (
             f"torchao {_torchao_version()} Int8Tensor weight-only (int8 weights, per-row "
             "fp32 scales; eager CPU path widens the weight to fp32 per call, then matmul; "
-            "embedding and lm_head stay fp32)"
+            f"{EMBEDDING_NOTE})"
         )
 
     def unavailable(self) -> str | None:
@@ -176,6 +184,7 @@ class Int8WeightOnlyMethod:
         """Quantize ``model`` in place as :meth:`apply` does."""
         del spec
         self.quantize(model, steps)
+        round_embedding(model)
         return model
 
     def apply(
@@ -192,9 +201,11 @@ class Int8WeightOnlyMethod:
         steps.report("loading", 0, 1)
         model = load_source(source)
         names = self.quantize(model, steps)
+        embedding = round_embedding(model)
         steps.report("saving", 0, 1)
         copy_side_files(source, out)
-        self.save(model, names, out)
+        self.save(model, names, out, stored_apart={embedding.key})
+        save_embedding(embedding, out)
         recipe = VariantRecipe(
             method=self.name,
             bits=8,
@@ -212,9 +223,15 @@ class Int8WeightOnlyMethod:
         return recipe
 
     @staticmethod
-    def save(model: torch.nn.Module, names: list[str], out: Path) -> None:
+    def save(
+        model: torch.nn.Module,
+        names: list[str],
+        out: Path,
+        stored_apart: AbstractSet[str] = frozenset(),
+    ) -> None:
         """One safetensors file of plain tensors: each quantized weight's int8 values,
-        scales and zero points, then every other tensor of the state dict once."""
+        scales and zero points, then every other tensor of the state dict once, except
+        ``stored_apart`` (and what is tied to it)."""
         from safetensors.torch import save_file
 
         _, _, int8_tensor = _torchao()
@@ -237,6 +254,9 @@ class Int8WeightOnlyMethod:
                 continue
             if type(value) is not torch.Tensor:
                 raise ValueError(f"{key} is a {type(value).__name__}; expected a plain tensor")
+            if key in stored_apart:
+                seen.add(value.data_ptr())
+                continue
             if value.data_ptr() in seen:  # tied (lm_head = embed_tokens): rebuilt by tying
                 continue
             seen.add(value.data_ptr())
@@ -272,6 +292,8 @@ class Int8WeightOnlyMethod:
         }
         missing, unexpected = model.load_state_dict(tensors, strict=False)
         quantized = {f"{n}.weight" for n in layer_names}
+        if (variant / EMBEDDING_FILE).is_file():
+            quantized.add(embedding_key(model))
         missing = [k for k in missing if k not in quantized]
         if unexpected or any(not _is_tied(model, k) for k in missing):
             raise ValueError(
@@ -293,6 +315,7 @@ class Int8WeightOnlyMethod:
                     zero_point=zero_point,
                 )
             _set_int8_weight(linear, weight)
+        load_embedding(model, variant)
         model.tie_weights()
         return model.eval()
 
