@@ -17,9 +17,10 @@ against the fp32 source (same prompts, interleaved rounds): nothing here is esti
 except ``size_ratio_vs_ideal``'s denominator, which is by definition the ratio of an ideal
 encoding (every quantized weight at exactly its bit width, everything else fp32).
 
-Which weights a method quantizes: every method here quantizes the ``nn.Linear`` weights of
-the decoder layers and keeps the embedding (tied to ``lm_head``) and the norms in fp32 (each
-report's kernel text says so); fp16/bf16 cast every weight. The ideal sizes follow that.
+Which weights a method quantizes: every int8 and GPTQ method here quantizes the
+``nn.Linear`` weights of the decoder layers at its bit width and stores the input embedding
+(tied to ``lm_head``) int8 per row; the norms stay fp32 (each report's kernel text says
+so). fp16/bf16 cast every weight. The ideal sizes follow that.
 
 One JSON line last on stdout: ``{"methods": {NAME: {size_ratio, size_ratio_vs_ideal,
 tps_ratio_b1, tps_ratio_b8, kl, ppl_delta_pct, seconds, ...}}, "targets": {...},
@@ -61,7 +62,7 @@ class ModelSpec:
     heads: int = 12
     vocab: int = 8000
     context: int = 512
-    train_steps: int = 60
+    train_steps: int = 300
 
     @property
     def key(self) -> str:
@@ -97,7 +98,7 @@ def build_model(spec: ModelSpec, cache: Path) -> Path:
     )
     model = tinymodels.build_model(tiny, path)
     loss = tinymodels.train_briefly(
-        model, path, corpus, spec.train_steps, seq_len=64, batch_size=4, lr=1e-3
+        model, path, corpus, spec.train_steps, seq_len=64, batch_size=4, lr=3e-3
     )
     model.save_pretrained(path)
     (path / ".complete").write_text(json.dumps({"loss": loss}) + "\n")
@@ -107,12 +108,13 @@ def build_model(spec: ModelSpec, cache: Path) -> Path:
     return path
 
 
-def weight_counts(model_dir: Path) -> tuple[int, int, int]:
-    """(fp32 bytes of every stored weight, elements of decoder-layer linear weights,
-    elements of every other weight) of the source, from its safetensors header."""
+def weight_counts(model_dir: Path) -> tuple[int, int, int, int]:
+    """(fp32 bytes of every stored weight, elements of the decoder-layer linear weights, of
+    the input embedding, of every other weight) of the source, from its safetensors
+    header."""
     from safetensors import safe_open
 
-    linear = other = 0
+    linear = embedding = other = 0
     with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
         for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
             shape = f.get_slice(name).get_shape()
@@ -121,18 +123,20 @@ def weight_counts(model_dir: Path) -> tuple[int, int, int]:
                 n *= d
             if ".layers." in name and name.endswith("_proj.weight") and len(shape) == 2:
                 linear += n
+            elif name.endswith("embed_tokens.weight"):
+                embedding += n
             else:
                 other += n
-    return 4 * (linear + other), linear, other
+    return 4 * (linear + embedding + other), linear, embedding, other
 
 
-def ideal_ratio(method: str, bits: int, linear: int, other: int) -> float:
+def ideal_ratio(method: str, bits: int, linear: int, embedding: int, other: int) -> float:
     """fp32 bytes over the bytes of the ideal encoding of ``method`` (module docstring)."""
-    fp32 = 4 * (linear + other)
+    fp32 = 4 * (linear + embedding + other)
     if method in ("fp16", "bf16"):
-        return fp32 / (2 * (linear + other))
+        return fp32 / (2 * (linear + embedding + other))
     width = bits or 8
-    return fp32 / (linear * width / 8 + 4 * other)
+    return fp32 / (linear * width / 8 + embedding + 4 * other)
 
 
 def run(
@@ -152,7 +156,7 @@ def run(
     from optiserve.models.local.quantize.methods import method_named
     from optiserve_client import Client, build_quantize_request
 
-    fp32_bytes, linear, other = weight_counts(model_dir)
+    fp32_bytes, linear, embedding, other = weight_counts(model_dir)
     work = Path(tempfile.mkdtemp(prefix="optiserve-qbench-"))
     config = Config(
         server=ServerConfig(port=0),
@@ -194,7 +198,7 @@ def run(
                 results[name] = {
                     "size_ratio": round(ratio, 4),
                     "size_ratio_vs_ideal": round(
-                        ratio / ideal_ratio(method, report.bits, linear, other), 4
+                        ratio / ideal_ratio(method, report.bits, linear, embedding, other), 4
                     ),
                     "tps_ratio_b1": round(
                         report.tokens_per_s_after / report.tokens_per_s_before, 4
@@ -221,8 +225,9 @@ def run(
             "dir": str(model_dir),
             "fp32_bytes": fp32_bytes,
             "linear_params": linear,
+            "embedding_params": embedding,
             "other_params": other,
-            "linear_share": round(linear / (linear + other), 4),
+            "linear_share": round(linear / (linear + embedding + other), 4),
         },
     }
 
