@@ -414,3 +414,32 @@ def test_a_variant_is_a_catalogue_entry_a_route_can_choose(
             assert answer.usage.completion_tokens > 0
     finally:
         thread.stop()
+
+
+def test_the_embedder_report_gives_its_cosine_to_fp32(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    from optiserve.cache.embedder_fidelity import MIN_EMBEDDER_COSINE
+    from optiserve.config import CacheConfig
+
+    config = replace(
+        _config(make_config, tmp_path / "variants"),
+        cache=CacheConfig(enabled=True),
+        data_dir=str(tmp_path / "data"),
+    )
+    thread = ServerThread(config)
+    thread.start()
+    try:
+        progress, r = _run(thread.target, build_quantize_request("embedder", "int8_dynamic"))
+        assert progress and progress[0].stage == "measuring embedder"
+        assert r.embedding_sentences >= 32
+        assert MIN_EMBEDDER_COSINE <= r.embedding_cosine_mean <= 1.0
+        assert 0.9 <= r.embedding_cosine_min <= r.embedding_cosine_mean
+        assert 0 < r.size_bytes_after < r.size_bytes_before
+        assert r.size_ratio > 3
+        assert any(n.startswith("offered") for n in r.notes)
+        code, details = _code(thread.target, build_quantize_request("embedder", "fp16"))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "int8_dynamic only" in details
+    finally:
+        thread.stop()

@@ -43,6 +43,7 @@ from optiserve.models.remote.factory import build_remote_backend
 from optiserve.models.remote.pools import ProviderPools
 from optiserve.process_settings import apply_process_settings
 from optiserve.quantizing import Quantizer
+from optiserve.quantizing.embedder_job import EmbedderSettings
 from optiserve.quantizing.quantizer import VariantBackendFactory, find_variants
 from optiserve.routing.planner import Planner
 from optiserve.routing.router import Router
@@ -142,8 +143,21 @@ class OptiserveApp:
         metrics = SchedulerMetrics(self.registry)
         self.backends = build_backends(config, metrics, self.pools)
         self.catalogue = ModelCatalogue(self.backends)
+        embedder = (
+            EmbedderSettings(
+                config.cache.embedder_path,
+                config.resolved_data_dir() / "onnx",
+                config.cache.embedder_max_tokens,
+            )
+            if config.cache.enabled and config.cache.semantic_enabled
+            else None
+        )
         self.quantizer = Quantizer(
-            config.quantize, config.models_dir(), self.catalogue, variant_backends(config, metrics)
+            config.quantize,
+            config.models_dir(),
+            self.catalogue,
+            variant_backends(config, metrics),
+            embedder,
         )
         #: Built once the models are loaded (routes read their context lengths).
         self.planner: Planner | None = None

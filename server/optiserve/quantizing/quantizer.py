@@ -37,6 +37,13 @@ from optiserve.models.local.quantize.fresh_process import measure_in_fresh_proce
 from optiserve.models.local.quantize.measure import Measurement, MeasureOptions, eval_token_ids
 from optiserve.models.local.quantize.methods import method_named
 from optiserve.models.local.quantize.variant_io import is_variant
+from optiserve.quantizing.embedder_job import (
+    EMBEDDER_METHOD,
+    EMBEDDER_MODEL,
+    EmbedderSettings,
+    check_embedder_request,
+    embedder_report,
+)
 from optiserve.quantizing.names import default_variant_name, variant_dir
 
 log = logging.getLogger(__name__)
@@ -73,8 +80,10 @@ class Quantizer:
         models_dir: Path,
         catalogue: ModelCatalogue,
         variant_backend: VariantBackendFactory,
+        embedder: EmbedderSettings | None = None,
     ) -> None:
         self._config = config
+        self._embedder = embedder
         self._models_dir = models_dir
         self._catalogue = catalogue
         self._variant_backend = variant_backend
@@ -95,7 +104,16 @@ class Quantizer:
             raise FailedPrecondition(
                 "Quantize is switched off on this server (quantize.enabled = false)"
             )
-        job = await asyncio.to_thread(self._check, request)
+        embedder = request.model == EMBEDDER_MODEL and not self._catalogue.has(EMBEDDER_MODEL)
+        if embedder:
+            if self._embedder is None:
+                raise FailedPrecondition(
+                    "this server has no semantic cache embedder to quantize (cache off)"
+                )
+            check_embedder_request(request)
+            job = None
+        else:
+            job = await asyncio.to_thread(self._check, request)
         self._admit()
         self._waiting += 1
         try:
@@ -104,10 +122,24 @@ class Quantizer:
             await self._lock.acquire()
         finally:
             self._waiting -= 1
-        self._running = f"{job.name} ({job.method.name} of {job.model})"
         self._running_since = time.monotonic()
+        if job is None:
+            self._running = f"{EMBEDDER_MODEL} ({EMBEDDER_METHOD})"
+            async for event in self._run_embedder():
+                yield event
+            return
+        self._running = f"{job.name} ({job.method.name} of {job.model})"
         async for event in self._run_locked(job):
             yield event
+
+    async def _run_embedder(self) -> AsyncIterator[QuantizeEvent]:
+        """The embedder's report (the lock is held; released when the worker is done)."""
+        assert self._embedder is not None
+        yield QuantizeProgress("measuring embedder", 0, 1, 0.0, "fp32 vs int8 on fixed sentences")
+        work = self._executor.submit(embedder_report, self._embedder)
+        done = asyncio.wrap_future(work)
+        done.add_done_callback(self._finished)
+        yield await asyncio.shield(done)
 
     def _admit(self) -> None:
         if self._lock.locked() and self._waiting >= self._config.max_waiting:
@@ -157,7 +189,7 @@ class Quantizer:
         report = measurement.as_report(job.name, str(job.out), serving=serving)
         yield replace(report, duration_s=time.perf_counter() - started, notes=notes)
 
-    def _finished(self, done: asyncio.Future[Measurement]) -> None:
+    def _finished(self, done: asyncio.Future[Any]) -> None:
         self._lock.release()
         self._running = ""
         if not done.cancelled():
