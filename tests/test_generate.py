@@ -107,15 +107,6 @@ def test_the_client_raises_failed_precondition_for_a_schema(client: Client) -> N
         client.generate(PROMPT, json_schema='{"type": "object"}')
 
 
-def test_benchmark_says_unimplemented(server: ServerThread) -> None:
-    with grpc.insecure_channel(server.target) as channel:
-        stub = pb_grpc.OptiServeStub(channel)
-        with pytest.raises(grpc.RpcError) as info:
-            list(stub.Benchmark(pb.BenchmarkRequest(), timeout=10))
-        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "not implemented" in (info.value.details() or "")
-
-
 @pytest.fixture(scope="module")
 def eos_first(
     make_config: Callable[..., Config],
