@@ -64,10 +64,15 @@ def ttft_s(s: Sample) -> float | None:
     return None if s.first_text_s is None else s.first_text_s - s.scheduled_s
 
 
+def output_tokens(s: Sample) -> int:
+    """Tokens the request received: generated, or replayed from optiserve's cache."""
+    return s.completion_tokens + s.cached_tokens
+
+
 def tpot_s(s: Sample) -> float | None:
     """(E2E − TTFT) / (n − 1) for n > 1 output tokens, else None."""
     first = ttft_s(s)
-    n = s.completion_tokens
+    n = output_tokens(s)
     if first is None or n < 2:
         return None
     return (latency_s(s) - first) / (n - 1)
@@ -166,7 +171,7 @@ def summarize(
         tpot_ms=percentiles([t for s in ok if (t := tpot_s(s)) is not None]),
         itl_ms=percentiles([g for s in ok for g in itl_s(s)]),
         requests_per_s=per_s(len(ok)),
-        output_tokens_per_s=per_s(completion),
+        output_tokens_per_s=per_s(sum(output_tokens(s) for s in ok)),
         goodput_rps=per_s(sum(1 for s in ok if met_slo(s, slo))),
         prompt_tokens=sum(s.prompt_tokens for s in samples),
         completion_tokens=completion,
