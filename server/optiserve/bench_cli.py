@@ -234,6 +234,14 @@ def run_bench(args: argparse.Namespace) -> int:
         write_json(report, Path(args.json_file))
         print(f"wrote {args.json_file}", file=sys.stderr)
     if args.plot:
-        for path in write_plots(report, Path(args.plot)):
+        try:
+            paths = write_plots(report, Path(args.plot))
+        except ImportError as exc:
+            print(
+                f"optiserve: --plot needs matplotlib ({exc}); pip install matplotlib",
+                file=sys.stderr,
+            )
+            return 1
+        for path in paths:
             print(f"wrote {path}", file=sys.stderr)
     return 0
