@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from optiserve.accounting.config import BudgetConfig, LedgerConfig
+from optiserve.auth_keys import AuthConfig
 from optiserve.benchmarking.config import BenchmarkConfig
 from optiserve.cache.config import CacheConfig, EmbedderQuantize
 from optiserve.config import (
@@ -97,6 +98,8 @@ BAD_FILES = [
     ("[server]\nmax_concurrent_rpcs = 0\n", "server.max_concurrent_rpcs must be >= 1, got 0"),
     ('[server]\nhost = ""\n', "server.host must not be empty"),
     ("server = 5\n", "server: expected a table ([server]), got 5"),
+    ('[auth]\nrequired = "maybe"\n', "auth.required: expected true or false, got 'maybe'"),
+    ("[auth]\nkeys = 1\n", "auth.keys: unknown key (did you mean 'keys_file'?)"),
     ('[logging]\nformat = "xml"\n', "logging.format must be one of 'json', 'text', got 'xml'"),
     ('[logging]\nlevel = "LOUD"\n', "logging.level must be one of 'DEBUG', 'INFO'"),
     ("[engine]\nmax_batch_size = 0\n", "engine.max_batch_size must be >= 1, got 0"),
@@ -229,6 +232,7 @@ def test_every_section_field_can_be_set_from_the_environment() -> None:
     """Every field of every section is a scalar the environment can override."""
     for section, cls in (
         ("server", ServerConfig),
+        ("auth", AuthConfig),
         ("logging", LoggingConfig),
         ("engine", EngineConfig),
         ("cache", CacheConfig),
@@ -304,6 +308,7 @@ def test_readme_documents_every_setting() -> None:
     keys = [f"`{name}`" for name in ("data_dir", "default_model")]
     for section, cls in (
         ("server", ServerConfig),
+        ("auth", AuthConfig),
         ("logging", LoggingConfig),
         ("engine", EngineConfig),
         ("cache", CacheConfig),

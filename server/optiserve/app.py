@@ -30,6 +30,7 @@ from optiserve.accounting.spend_counters import (
     SpendCounters,
 )
 from optiserve.accounting.usage import UsageTracker
+from optiserve.auth_keys import KeyStore, check_listen_address, default_keys_path
 from optiserve.benchmarking.benchmarker import Benchmarker
 from optiserve.cache import ResponseCache
 from optiserve.cache.metrics import register_cache_metrics
@@ -47,6 +48,7 @@ from optiserve.quantizing.embedder_job import EmbedderSettings
 from optiserve.quantizing.quantizer import VariantBackendFactory, find_variants
 from optiserve.routing.planner import Planner
 from optiserve.routing.router import Router
+from optiserve.rpc.auth import AuthInterceptor
 from optiserve.rpc.interceptors import server_interceptors
 from optiserve.rpc.limits import AdmissionInterceptor, CallLimits
 from optiserve.rpc.reflection import enable_reflection
@@ -167,6 +169,8 @@ class OptiserveApp:
         self.health = health.aio.HealthServicer()
         #: Counts the OptiServe calls in progress (set by :meth:`start`).
         self.admission: AdmissionInterceptor | None = None
+        #: The API keys (read by :meth:`start`).
+        self.keys: KeyStore | None = None
         self._server: grpc.aio.Server | None = None
         self._metrics_server: Any = None
         self.port = 0
@@ -174,6 +178,18 @@ class OptiserveApp:
     async def start(self) -> int:
         """Load the models (off the event loop), start serving; return the bound port."""
         started = time.perf_counter()
+        # A public address without keys is refused before anything loads or binds.
+        check_listen_address(self.config.server.host, self.config.auth)
+        keys = await asyncio.to_thread(
+            KeyStore, default_keys_path(self.config.auth, self.config.resolved_data_dir())
+        )
+        self.keys = keys
+        if self.config.auth.required and not keys.keys:
+            log.warning(
+                "auth.required is true but the keys file has no keys yet; every OptiServe "
+                "call is refused until one is created with `optiserve keys create`",
+                extra={"keys_file": str(keys.path)},
+            )
         # Process-wide library settings, once, before models and cache load.
         apply_process_settings(self.config)
         # The ledger first: an unwritable one stops the start before minutes of loading.
@@ -203,7 +219,11 @@ class OptiserveApp:
             )
         )
         server = grpc.aio.server(
-            interceptors=server_interceptors(self.admission, cfg.stream_write_timeout_s),
+            interceptors=server_interceptors(
+                AuthInterceptor(keys, self.config.auth.required),
+                self.admission,
+                cfg.stream_write_timeout_s,
+            ),
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes),

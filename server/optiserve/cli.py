@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 def _client_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="127.0.0.1:50051", help="server host:port")
-    parser.add_argument("--api-key", default=None, help="sent as x-api-key metadata")
+    parser.add_argument("--api-key", default=None, help="the API key (sent as x-api-key metadata)")
     parser.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
 
 
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=None, help="TOML configuration file")
     serve.add_argument("--host", default=None, help="override server.host")
     serve.add_argument("--port", type=int, default=None, help="override server.port")
+    _keys_args(sub.add_parser("keys", help="create, list or revoke API keys (the keys file)"))
     _generation_args(sub.add_parser("generate", help="one completion"))
     _generation_args(sub.add_parser("stream", help="print tokens as they arrive"))
     _client_args(sub.add_parser("models", help="list models"))
@@ -76,6 +77,80 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_args(bench)
     return parser
+
+
+def _keys_args(parser: argparse.ArgumentParser) -> None:
+    from optiserve.auth_keys import SCOPES
+
+    keys = parser.add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="a new key for a tenant (printed once)")
+    create.add_argument("--tenant", required=True, help="the tenant the key's calls count to")
+    create.add_argument(
+        "--scope", action="append", default=[], choices=SCOPES, help="a scope (repeat)"
+    )
+    create.add_argument("--name", default="", help="a note to recognise the key by")
+    listing = keys.add_parser("list", help="every key (never the keys themselves)")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    revoke = keys.add_parser("revoke", help="revoke a key by its id (see `keys list`)")
+    revoke.add_argument("id", help="the key's id")
+    for sub in (create, listing, revoke):
+        sub.add_argument("--config", default=None, help="TOML configuration file (as for serve)")
+
+
+def _keys(args: argparse.Namespace) -> int:
+    """``optiserve keys``: edit the keys file named by the configuration."""
+    import os
+
+    from optiserve.auth_keys import KeysFileError, create_key, default_keys_path, revoke_key
+    from optiserve.auth_keys import read_keys_file as read
+    from optiserve.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, os.environ)
+    except ConfigError as exc:
+        print(f"optiserve: configuration error: {exc}", file=sys.stderr)
+        return 2
+    path = default_keys_path(config.auth, config.resolved_data_dir())
+    try:
+        if args.keys_command == "create":
+            try:
+                record, key = create_key(path, args.tenant, tuple(args.scope), args.name)
+            except ValueError as exc:
+                print(f"optiserve: {exc}", file=sys.stderr)
+                return 2
+            scopes = ", ".join(record.scopes) or "none"
+            print(key)
+            print(
+                f"created key {record.id} for tenant {record.tenant} (scopes: {scopes}) in "
+                f"{path}. The key is printed above once and is not stored; keep it now. "
+                f"Clients send it as `authorization: Bearer <key>`.",
+                file=sys.stderr,
+            )
+        elif args.keys_command == "list":
+            records = read(path).keys
+            if args.json:
+                rows = [{k: v for k, v in r.to_json().items() if k != "hash"} for r in records]
+                print(json.dumps(rows, indent=2))
+            else:
+                for r in records:
+                    status = f"revoked {r.revoked_at}" if r.revoked else "active"
+                    row = (r.id, r.tenant, ",".join(r.scopes) or "-", r.created_at, status, r.name)
+                    print("\t".join(row).rstrip())
+        else:
+            try:
+                record = revoke_key(path, args.id)
+            except KeyError:
+                print(
+                    f"optiserve: no key with id {args.id!r} in {path}; `optiserve keys list` "
+                    "shows the ids",
+                    file=sys.stderr,
+                )
+                return 1
+            print(f"revoked key {record.id} (tenant {record.tenant}) on {record.revoked_at}")
+    except KeysFileError as exc:
+        print(f"optiserve: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _quantize_args(parser: argparse.ArgumentParser) -> None:
@@ -112,13 +187,20 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"optiserve: configuration error: {exc}", file=sys.stderr)
         return 2
+    from optiserve.auth_keys import KeysFileError, UnsafeListenAddress, check_listen_address
+
+    try:
+        check_listen_address(config.server.host, config.auth)
+    except UnsafeListenAddress as exc:
+        print(f"optiserve: refusing to start: {exc}", file=sys.stderr)
+        return 2
     configure_logging(config.logging)
     from optiserve.accounting.ledger import LedgerWriteError
     from optiserve.app import OptiserveApp
 
     try:
         asyncio.run(OptiserveApp(config).serve_until_signal())
-    except (OSError, LedgerWriteError) as exc:
+    except (OSError, LedgerWriteError, KeysFileError) as exc:
         # A taken port, an unwritable data directory or ledger: say what, not a traceback.
         print(f"optiserve: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -266,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "keys":
+        return _keys(args)
     from optiserve_client import OptiserveClientError
 
     try:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from optiserve.accounting.config import BudgetConfig, LedgerConfig
+from optiserve.auth_keys import AuthConfig
 from optiserve.benchmarking.config import BenchmarkConfig
 from optiserve.cache.config import CacheConfig
 from optiserve.domain.settings import (
@@ -128,6 +129,7 @@ class Config:
     """The whole configuration."""
 
     server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -232,6 +234,7 @@ DEFAULT_MODELS = (
 
 _SECTIONS: dict[str, type[Any]] = {
     "server": ServerConfig,
+    "auth": AuthConfig,
     "logging": LoggingConfig,
     "engine": EngineConfig,
     "cache": CacheConfig,
@@ -429,6 +432,7 @@ def load_config(
 __all__ = [
     "DEFAULT_MODELS",
     "DEMO_SOURCE",
+    "AuthConfig",
     "CacheConfig",
     "Config",
     "ConfigError",

@@ -8,6 +8,7 @@ OptiserveClientError
 ├── DeadlineExceeded     DEADLINE_EXCEEDED
 ├── Unavailable          UNAVAILABLE
 ├── Unauthenticated      UNAUTHENTICATED
+├── PermissionDenied     PERMISSION_DENIED
 ├── Unimplemented        UNIMPLEMENTED
 └── InternalError        INTERNAL and anything else
 """
@@ -56,6 +57,10 @@ class Unauthenticated(OptiserveClientError):
     """Missing or wrong credentials."""
 
 
+class PermissionDenied(OptiserveClientError):
+    """The key is valid but may not do this (it lacks a scope, e.g. quantize)."""
+
+
 class Unimplemented(OptiserveClientError):
     """The server does not implement this verb yet."""
 
@@ -72,6 +77,7 @@ _BY_CODE: dict[grpc.StatusCode, type[OptiserveClientError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
 }
 

@@ -14,7 +14,8 @@ Exception tree::
     ├── FailedPrecondition         FAILED_PRECONDITION valid, but the chosen model cannot
     │                                                 honour it (e.g. a json_schema)
     ├── Unavailable                UNAVAILABLE       provider down, draining, model failed
-    ├── Unauthenticated            UNAUTHENTICATED   missing or wrong credentials
+    ├── Unauthenticated            UNAUTHENTICATED   missing, unknown or revoked API key
+    ├── PermissionDenied           PERMISSION_DENIED the key lacks the scope the verb needs
     └── Unimplemented              UNIMPLEMENTED     a verb this build does not serve yet
 
 Nothing here imports grpc: the table names status codes by their grpc name and the rpc
@@ -80,6 +81,10 @@ class Unauthenticated(OptiserveError):
     """Credentials are missing or wrong."""
 
 
+class PermissionDenied(OptiserveError):
+    """The caller is authenticated but its key may not do this (a scope is missing)."""
+
+
 class Unimplemented(OptiserveError):
     """The verb exists in the contract but this build does not serve it yet."""
 
@@ -100,6 +105,7 @@ STATUS_CODES: dict[type[OptiserveError], str] = {
     FailedPrecondition: "FAILED_PRECONDITION",
     Unavailable: "UNAVAILABLE",
     Unauthenticated: "UNAUTHENTICATED",
+    PermissionDenied: "PERMISSION_DENIED",
     Unimplemented: "UNIMPLEMENTED",
     Internal: "INTERNAL",
     OptiserveError: "INTERNAL",

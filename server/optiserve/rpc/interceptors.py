@@ -2,7 +2,8 @@
 
 :func:`server_interceptors` gives them in order, outermost first: errors (so it sees
 every domain exception raised below it, the others' included, and turns it into a gRPC
-status with the domain message), request ids, admission, bounded stream writes.
+status with the domain message), request ids, authentication (so admission counts the
+key's tenant), admission, bounded stream writes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import grpc
 
 from optiserve.domain.errors import InvalidRequest, OptiserveError, status_code_name
+from optiserve.rpc.auth import AuthInterceptor
 from optiserve.rpc.handlers import Call, StreamWriteInterceptor, wrap_handler
 from optiserve.rpc.limits import AdmissionInterceptor
 from optiserve.rpc.request_ids import RequestIdInterceptor, current_request_id
@@ -24,12 +26,13 @@ RETRY_AFTER_KEY = "retry-after-s"
 
 
 def server_interceptors(
-    admission: AdmissionInterceptor, stream_write_timeout_s: float
+    auth: AuthInterceptor, admission: AdmissionInterceptor, stream_write_timeout_s: float
 ) -> list[grpc.aio.ServerInterceptor]:
     """The interceptors of the server, outermost first (the order matters)."""
     return [
         ErrorInterceptor(),
         RequestIdInterceptor(),
+        auth,
         admission,
         StreamWriteInterceptor(stream_write_timeout_s),
     ]

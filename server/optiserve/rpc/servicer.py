@@ -13,19 +13,23 @@ from optiserve.domain.errors import InvalidRequest, OptiserveError, Unimplemente
 from optiserve.domain.types import GenerateRequest, TextDelta
 from optiserve.quantizing import Quantizer
 from optiserve.rpc import convert, convert_benchmark
+from optiserve.rpc.auth import current_principal, unverified_key
 from optiserve.rpc.request_ids import current_request_id
 from optiserve.service import Service
 from optiserve_client.v1 import optiserve_pb2 as pb
 from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
 
-API_KEY_HEADER = "x-api-key"
-
 
 def tenant_of(context: grpc.aio.ServicerContext) -> str:
-    """The tenant a call is accounted to: a hash of its API key, or "anonymous"."""
-    for key, value in context.invocation_metadata() or ():
-        if key == API_KEY_HEADER and value:
-            return "key-" + hashlib.sha256(str(value).encode()).hexdigest()[:16]
+    """The tenant a call is accounted to: its key's tenant when the key is known
+    (rpc/auth.py), else a hash of the key it sent (when auth is not required), else
+    "anonymous"."""
+    principal = current_principal.get()
+    if principal is not None:
+        return principal.tenant
+    key = unverified_key(context.invocation_metadata())
+    if key:
+        return "key-" + hashlib.sha256(key.encode()).hexdigest()[:16]
     return "anonymous"
 
 
