@@ -70,6 +70,16 @@ def test_create_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "no key with id 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("tenant", ["", "a b", "anonymous", "key-0123", "x" * 129])
+def test_bad_tenant_names_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tenant: str
+) -> None:
+    config = _config(tmp_path)
+    assert main(["keys", "create", "--config", str(config), "--tenant", tenant]) == 2
+    assert "tenant" in capsys.readouterr().err
+    assert not (tmp_path / "data" / "keys.json").exists()
+
+
 def test_keys_file_from_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     keys_file = tmp_path / "elsewhere" / "k.json"
     config = _config(tmp_path, f'[auth]\nkeys_file = "{keys_file}"\n')

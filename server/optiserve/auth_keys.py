@@ -228,8 +228,16 @@ def create_key(
     path: Path, tenant: str, scopes: tuple[str, ...] = (), name: str = ""
 ) -> tuple[ApiKey, str]:
     """Add a key for ``tenant`` to the file; return its record and the key (shown once)."""
-    if not tenant.strip():
-        raise ValueError("the tenant must not be empty")
+    tenant = tenant.strip()
+    if not tenant or len(tenant) > 128 or not all("\x21" <= c <= "\x7e" for c in tenant):
+        raise ValueError(
+            f"the tenant must be 1 to 128 printable ASCII characters without spaces, got {tenant!r}"
+        )
+    if tenant.startswith("key-") or tenant == "anonymous":
+        raise ValueError(
+            f"the tenant {tenant!r} is reserved (callers without a known key are accounted "
+            "as 'anonymous' or 'key-<hash>'); choose another name"
+        )
     unknown = [s for s in scopes if s not in SCOPES]
     if unknown:
         raise ValueError(f"unknown scope {unknown[0]!r}; scopes are {', '.join(SCOPES)}")
@@ -241,7 +249,7 @@ def create_key(
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     record = ApiKey(
         id=key_id,
-        tenant=tenant.strip(),
+        tenant=tenant,
         hash=contents.hash_of(key),
         scopes=tuple(dict.fromkeys(scopes)),
         name=name,

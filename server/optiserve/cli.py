@@ -126,6 +126,12 @@ def _keys(args: argparse.Namespace) -> int:
                 f"Clients send it as `authorization: Bearer <key>`.",
                 file=sys.stderr,
             )
+            if not config.auth.required:
+                print(
+                    "note: auth.required is false in this configuration, so the server also "
+                    "serves calls without a key (and does not check scopes)",
+                    file=sys.stderr,
+                )
         elif args.keys_command == "list":
             records = read(path).keys
             if args.json:

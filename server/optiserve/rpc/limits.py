@@ -88,7 +88,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             raise ResourceExhausted(
                 f"tenant {tenant} already has {limits.per_tenant} OptiServe calls in "
                 "progress, the limit per tenant (server.max_rpcs_per_tenant; callers "
-                "without an x-api-key share the tenant anonymous); wait for one to finish, "
+                "without an API key share the tenant anonymous); wait for one to finish, "
                 "or raise the limit"
             )
 
