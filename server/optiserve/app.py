@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from optiserve.accounting.budget import Budgets
 from optiserve.accounting.ledger import Ledger
+from optiserve.accounting.metrics import register_spend_metrics
 from optiserve.accounting.spend import Spending
 from optiserve.accounting.spend_counters import (
     MemorySpendCounters,
@@ -51,6 +52,7 @@ from optiserve.routing.router import Router
 from optiserve.rpc.auth import AuthInterceptor
 from optiserve.rpc.interceptors import server_interceptors
 from optiserve.rpc.limits import AdmissionInterceptor, CallLimits
+from optiserve.rpc.observe import ObserveInterceptor, RpcMetrics
 from optiserve.rpc.reflection import enable_reflection
 from optiserve.rpc.servicer import OptiServeServicer
 from optiserve.service import Service
@@ -194,6 +196,7 @@ class OptiserveApp:
         apply_process_settings(self.config)
         # The ledger first: an unwritable one stops the start before minutes of loading.
         self.spending = await asyncio.to_thread(open_spending, self.config)
+        register_spend_metrics(self.spending, self.registry)
         for _, backend in self.backends:
             await asyncio.to_thread(backend.load)
         self.planner = build_planner(self.config, self.catalogue)
@@ -223,6 +226,9 @@ class OptiserveApp:
                 AuthInterceptor(keys, self.config.auth.required),
                 self.admission,
                 cfg.stream_write_timeout_s,
+                ObserveInterceptor(
+                    RpcMetrics(self.registry), log_prompts=self.config.logging.log_prompts
+                ),
             ),
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),

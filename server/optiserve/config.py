@@ -119,6 +119,8 @@ class LoggingConfig:
     level: LogLevel = "INFO"
     #: "json" (one object per line) or "text".
     format: LogFormat = "json"
+    #: Put the prompt (and chat messages) in the access log; off, no prompt text is logged.
+    log_prompts: bool = False
 
     def __post_init__(self) -> None:
         check(self)

@@ -77,6 +77,10 @@ class Spending:
         self._shared = shared_counters
         self._writer = _GroupWriter(self._commit) if ledger is not None else None
         self.ledger_failures = 0
+        #: USD charged since start by (model, provider), with or without a ledger
+        #: (read by the metrics thread, hence the lock).
+        self._spent: dict[tuple[str, str], Decimal] = {}
+        self._spent_lock = threading.Lock()
 
     @property
     def limited(self) -> bool:
@@ -111,6 +115,10 @@ class Spending:
     async def settle(self, reservation: Reservation | None, row: LedgerRow | None) -> None:
         """Settle ``reservation`` at ``row``'s cost (0 without a row) and commit ``row``;
         returns once the row is committed (or its write failed, logged and counted)."""
+        if row is not None:
+            with self._spent_lock:
+                key = (row.model, row.provider)
+                self._spent[key] = self._spent.get(key, ZERO) + row.cost_usd
         if self._writer is None or row is None:
             if reservation is not None:
                 await self._off_loop(reservation.settle, row.cost_usd if row else ZERO)
@@ -138,6 +146,11 @@ class Spending:
         except LedgerWriteError as exc:
             self.ledger_failures += len(batch)
             log.error("ledger write failed for %d rows: %s", len(batch), exc)
+
+    def spent(self) -> dict[tuple[str, str], Decimal]:
+        """USD charged since start (every settled attempt) by (model, provider)."""
+        with self._spent_lock:
+            return dict(self._spent)
 
     def report(self) -> LedgerReport | None:
         """Ledger totals and budget status (None without a ledger)."""

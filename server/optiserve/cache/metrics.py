@@ -5,6 +5,8 @@ the global one). Series:
 
 * ``optiserve_cache_lookups_total{layer, outcome}``: exact/semantic hits, misses, guard
   rejections (layer "semantic", outcome "rejected"), skipped lookups (layer "none");
+* ``optiserve_cache_hit_ratio``: hits over lookups made (exact and semantic hits over hits
+  plus misses; skipped lookups are not counted), 0 before the first lookup;
 * ``optiserve_cache_entries`` and ``optiserve_cache_bytes``: current size;
 * ``optiserve_cache_evictions_total``, ``optiserve_cache_expirations_total``,
   ``optiserve_cache_stores_total``;
@@ -43,6 +45,13 @@ class CacheCollector:
         lookups.add_metric(["all", "miss"], stats.misses)
         lookups.add_metric(["none", "skipped"], stats.skipped)
         yield lookups
+        hits = stats.exact_hits + stats.semantic_hits
+        looked = hits + stats.misses
+        yield GaugeMetricFamily(
+            "optiserve_cache_hit_ratio",
+            "Cache hits over lookups made (skipped lookups not counted).",
+            value=hits / looked if looked else 0.0,
+        )
         yield GaugeMetricFamily("optiserve_cache_entries", "Entries cached.", value=stats.entries)
         yield GaugeMetricFamily("optiserve_cache_bytes", "Bytes cached.", value=stats.bytes)
         for name, value, doc in (

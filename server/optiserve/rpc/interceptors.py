@@ -3,7 +3,9 @@
 :func:`server_interceptors` gives them in order, outermost first: errors (so it sees
 every domain exception raised below it, the others' included, and turns it into a gRPC
 status with the domain message), request ids, authentication (so admission counts the
-key's tenant), admission, bounded stream writes.
+key's tenant), admission, bounded stream writes. When given, the observer (metrics and
+access log, rpc/observe.py) goes outside them all, so it sees the status every call ends
+with.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from optiserve.domain.errors import InvalidRequest, OptiserveError, status_code_
 from optiserve.rpc.auth import AuthInterceptor
 from optiserve.rpc.handlers import Call, StreamWriteInterceptor, wrap_handler
 from optiserve.rpc.limits import AdmissionInterceptor
+from optiserve.rpc.observe import ObserveInterceptor
 from optiserve.rpc.request_ids import RequestIdInterceptor, current_request_id
 
 log = logging.getLogger(__name__)
@@ -26,10 +29,14 @@ RETRY_AFTER_KEY = "retry-after-s"
 
 
 def server_interceptors(
-    auth: AuthInterceptor, admission: AdmissionInterceptor, stream_write_timeout_s: float
+    auth: AuthInterceptor,
+    admission: AdmissionInterceptor,
+    stream_write_timeout_s: float,
+    observe: ObserveInterceptor | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:
     """The interceptors of the server, outermost first (the order matters)."""
     return [
+        *([observe] if observe is not None else []),
         ErrorInterceptor(),
         RequestIdInterceptor(),
         auth,

@@ -10,11 +10,13 @@ import grpc
 
 from optiserve.benchmarking.benchmarker import Benchmarker
 from optiserve.domain.errors import InvalidRequest, OptiserveError, Unimplemented
-from optiserve.domain.types import GenerateRequest, TextDelta
+from optiserve.domain.types import GenerateRequest, ResponseSummary, TextDelta
 from optiserve.quantizing import Quantizer
 from optiserve.rpc import convert, convert_benchmark
 from optiserve.rpc.auth import current_principal, unverified_key
+from optiserve.rpc.call_record import note_summary
 from optiserve.rpc.request_ids import current_request_id
+from optiserve.rpc.trace_header import TRACE_KEY, trace_header
 from optiserve.service import Service
 from optiserve_client.v1 import optiserve_pb2 as pb
 from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
@@ -31,6 +33,14 @@ def tenant_of(context: grpc.aio.ServicerContext) -> str:
     if key:
         return "key-" + hashlib.sha256(key.encode()).hexdigest()[:16]
     return "anonymous"
+
+
+def _answered(context: grpc.aio.ServicerContext, summary: ResponseSummary) -> None:
+    """Note the answer for the access log and send its trace in the trailing metadata
+    (rpc/trace_header.py), after what is already there."""
+    note_summary(summary)
+    kept = tuple((k, v) for k, v in (context.trailing_metadata() or ()) if k != TRACE_KEY)
+    context.set_trailing_metadata((*kept, (TRACE_KEY, trace_header(summary))))
 
 
 class OptiServeServicer(pb_grpc.OptiServeServicer):  # type: ignore[misc]
@@ -62,15 +72,17 @@ class OptiServeServicer(pb_grpc.OptiServeServicer):  # type: ignore[misc]
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
-        """Unary generation."""
+        """Unary generation; the decision trace also in the trailing metadata."""
         result = await self._service.generate(self._request(request, context))
+        _answered(context, result.summary)
         return convert.result_to_proto(result)
 
     async def StreamGenerate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateChunk]:
         """Streaming generation: deltas, then a chunk with the summary. The request id is
-        sent on the first and the last chunk only."""
+        sent on the first and the last chunk only. The decision trace also goes in the
+        trailing metadata."""
         domain = self._request(request, context)
         events = self._service.stream(domain)
         request_id = domain.request_id
@@ -80,6 +92,7 @@ class OptiServeServicer(pb_grpc.OptiServeServicer):  # type: ignore[misc]
                     yield pb.GenerateChunk(request_id=request_id, text_delta=event.text)
                     request_id = ""
                 else:
+                    _answered(context, event.summary)
                     yield pb.GenerateChunk(
                         request_id=domain.request_id,
                         summary=convert.summary_to_proto(event.summary),
