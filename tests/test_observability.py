@@ -122,6 +122,20 @@ def test_calls_are_counted_and_timed_by_method_and_status(
     assert any('model="tiny"' in ln and 'provider="local"' in ln for ln in spend), spend
 
 
+def test_a_stream_past_its_deadline_is_counted_as_deadline_exceeded(
+    observed: ServerThread, stub: pb_grpc.OptiServeStub
+) -> None:
+    before = _calls(observed, "StreamGenerate", "DEADLINE_EXCEEDED")[0]
+    stream = stub.StreamGenerate(
+        _request("a stream that runs out of time", max_new_tokens=500, min_new_tokens=500),
+        timeout=0.5,
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        list(stream)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    _wait_for(lambda: _calls(observed, "StreamGenerate", "DEADLINE_EXCEEDED")[0] == before + 1)
+
+
 def test_health_calls_are_counted_too(observed: ServerThread) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
