@@ -17,11 +17,29 @@ class OptiserveError extends Error {
   }
 }
 
+// Channel credentials and options. TLS is on with `tls: true` or any of `ca` (PEM the
+// server's certificate must chain to; default: Node's root certificates), `cert` and `key`
+// (a client certificate and its key, for mutual TLS) and `serverName` (the name the
+// server's certificate carries, when it is not the target's host). `ca`, `cert` and `key`
+// are PEM text (a Buffer or a string), as in Node's `tls.connect`.
+function security({ tls, ca, cert, key, serverName } = {}) {
+  if (!(tls || ca || cert || key || serverName)) {
+    return { credentials: grpc.credentials.createInsecure(), options: {} };
+  }
+  if (!cert !== !key) throw new Error("cert and key go together: a client certificate needs both");
+  const pem = (x) => (x === undefined || x === null ? null : Buffer.from(x));
+  return {
+    credentials: grpc.credentials.createSsl(pem(ca), pem(key), pem(cert)),
+    options: serverName ? { "grpc.ssl_target_name_override": serverName } : {},
+  };
+}
+
 class Client {
-  constructor(target = "127.0.0.1:50051", { apiKey, timeoutMs } = {}) {
+  constructor(target = "127.0.0.1:50051", { apiKey, timeoutMs, tls, ca, cert, key, serverName } = {}) {
     const def = loader.loadSync(PROTO, { keepCase: true, defaults: true, enums: String, longs: Number });
     const { OptiServe } = grpc.loadPackageDefinition(def).optiserve.v1;
-    this.stub = new OptiServe(target, grpc.credentials.createInsecure());
+    const { credentials, options } = security({ tls, ca, cert, key, serverName });
+    this.stub = new OptiServe(target, credentials, options);
     this.apiKey = apiKey;
     this.timeoutMs = timeoutMs;
   }

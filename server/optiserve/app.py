@@ -55,6 +55,7 @@ from optiserve.rpc.limits import AdmissionInterceptor, CallLimits
 from optiserve.rpc.observe import ObserveInterceptor, RpcMetrics
 from optiserve.rpc.reflection import enable_reflection
 from optiserve.rpc.servicer import OptiServeServicer
+from optiserve.rpc.tls import server_credentials
 from optiserve.service import Service
 from optiserve_client.v1 import optiserve_pb2 as pb
 from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
@@ -240,9 +241,16 @@ class OptiserveApp:
         pb_grpc.add_OptiServeServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         enable_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
-        self.port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        address = f"{cfg.host}:{cfg.port}"
+        credentials = await asyncio.to_thread(
+            server_credentials, cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_client_ca_file
+        )
+        if credentials is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, credentials)
         if self.port == 0:
-            raise OSError(f"cannot listen on {cfg.host}:{cfg.port} (in use or not allowed)")
+            raise OSError(f"cannot listen on {address} (in use or not allowed)")
         await server.start()
         self._server = server
         if cfg.metrics_port:
@@ -254,6 +262,8 @@ class OptiserveApp:
             "serving",
             extra={
                 "address": f"{cfg.host}:{self.port}",
+                "tls": bool(cfg.tls_cert_file),
+                "mutual_tls": bool(cfg.tls_client_ca_file),
                 "models": [n for n, _ in self.backends],
                 "default_model": self.planner.default,
                 "torch_threads": self.config.engine.torch_threads,

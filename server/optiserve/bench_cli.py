@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from optiserve.cli import client_options
 from optiserve_client.v1 import optiserve_pb2 as pb
 
 _ARRIVALS = {
@@ -177,7 +178,7 @@ def _server_side(args: argparse.Namespace, request: pb.BenchmarkRequest) -> pb.B
 
     show = _progress_printer()
     report: pb.BenchmarkReport | None = None
-    with Client(args.target, api_key=args.api_key, timeout=args.timeout) as client:
+    with Client(args.target, **client_options(args)) as client:
         for event in client.benchmark(request):
             if event.HasField("progress"):
                 show(event.progress)
@@ -204,7 +205,7 @@ async def _client_side(
     def progress(p: Any) -> None:
         show(benchmark_event_to_proto(p).progress)
 
-    async with AsyncClient(args.target, api_key=args.api_key, timeout=args.timeout) as client:
+    async with AsyncClient(args.target, **client_options(args)) as client:
         report = await run_workload(workload, ClientTarget(client).send, progress=progress)
     return benchmark_event_to_proto(report).report
 

@@ -18,6 +18,29 @@ def _client_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="127.0.0.1:50051", help="server host:port")
     parser.add_argument("--api-key", default=None, help="the API key (sent as x-api-key metadata)")
     parser.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
+    tls = parser.add_argument_group("TLS (any of the files or --server-name implies --tls)")
+    tls.add_argument("--tls", action="store_true", help="connect over TLS")
+    tls.add_argument(
+        "--ca-file", default=None, help="PEM CA the server's certificate must chain to"
+    )
+    tls.add_argument("--cert-file", default=None, help="PEM client certificate (mutual TLS)")
+    tls.add_argument("--key-file", default=None, help="PEM private key of --cert-file")
+    tls.add_argument(
+        "--server-name", default=None, help="name in the server's certificate, if not the host"
+    )
+
+
+def client_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Client/AsyncClient keyword arguments of the common client options."""
+    return {
+        "api_key": args.api_key,
+        "timeout": args.timeout,
+        "tls": args.tls,
+        "ca_file": args.ca_file,
+        "cert_file": args.cert_file,
+        "key_file": args.key_file,
+        "server_name": args.server_name,
+    }
 
 
 def _generation_args(parser: argparse.ArgumentParser) -> None:
@@ -271,7 +294,7 @@ def _call(args: argparse.Namespace) -> int:
 
     from optiserve_client import Client
 
-    with Client(args.target, api_key=args.api_key, timeout=args.timeout) as client:
+    with Client(args.target, **client_options(args)) as client:
         done: Completion | None = None
         if args.command == "generate":
             done = client.generate(args.prompt, **_generation_kwargs(args))
@@ -356,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "keys":
         return _keys(args)
-    from optiserve_client import OptiserveClientError
+    from optiserve_client import OptiserveClientError, TLSOptionError
 
     try:
         if args.command == "bench":
@@ -367,3 +390,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OptiserveClientError as exc:
         print(f"optiserve: {exc}", file=sys.stderr)
         return 1
+    except TLSOptionError as exc:
+        print(f"optiserve: {exc}", file=sys.stderr)
+        return 2

@@ -92,9 +92,32 @@ class ServerConfig:
     drain_announce_s: float = 1.0
     #: Prometheus metrics port on the same host (0 = off).
     metrics_port: int = 0
+    #: PEM certificate (chain) the server presents; set with ``tls_key_file`` to serve TLS
+    #: ("" with ``tls_key_file`` "" = plaintext).
+    tls_cert_file: str = ""
+    #: PEM private key of ``tls_cert_file``.
+    tls_key_file: str = ""
+    #: PEM CA certificate(s); set = mutual TLS: every client must present a certificate
+    #: signed by one of them. Needs ``tls_cert_file`` and ``tls_key_file``.
+    tls_client_ca_file: str = ""
 
     def __post_init__(self) -> None:
         require(bool(self.host.strip()), "host", "must not be empty")
+        require(
+            bool(self.tls_key_file) or not self.tls_cert_file,
+            "tls_cert_file",
+            "is set without server.tls_key_file; set both (TLS) or neither (plaintext)",
+        )
+        require(
+            bool(self.tls_cert_file) or not self.tls_key_file,
+            "tls_key_file",
+            "is set without server.tls_cert_file; set both (TLS) or neither (plaintext)",
+        )
+        require(
+            bool(self.tls_cert_file) or not self.tls_client_ca_file,
+            "tls_client_ca_file",
+            "needs server.tls_cert_file and server.tls_key_file (mutual TLS runs over TLS)",
+        )
         check(
             self,
             {
@@ -109,6 +132,12 @@ class ServerConfig:
                 "metrics_port": between(0, 65535),
             },
         )
+
+    @property
+    def tls_files(self) -> dict[str, str]:
+        """The TLS settings that are set: field name -> path."""
+        names = ("tls_cert_file", "tls_key_file", "tls_client_ca_file")
+        return {n: getattr(self, n) for n in names if getattr(self, n)}
 
 
 @dataclass(frozen=True)
@@ -361,6 +390,17 @@ def _read(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
 
 
+def _check_pem_file(key: str, path: str, origin: str) -> None:
+    """ConfigError naming ``key`` unless ``path`` is a readable file with a PEM block."""
+    try:
+        data = Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"{key}: cannot read {path}: {reason}{origin}") from exc
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"{key}: {path} is not PEM (no '-----BEGIN ' line){origin}")
+
+
 def load_config(
     path: str | Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -423,6 +463,8 @@ def load_config(
     built = {
         name: _build(cls, sections[name], name, origins[name]) for name, cls in _SECTIONS.items()
     }
+    for name, tls_path in built["server"].tls_files.items():
+        _check_pem_file(f"server.{name}", tls_path, origins["server"].get(name, ""))
     hints = typing.get_type_hints(Config)
     scalars = {k: _coerce(v, hints[k], k, origins[""].get(k, "")) for k, v in top.items()}
     try:

@@ -26,6 +26,7 @@ from optiserve_client._errors import (
     Unavailable,
     Unimplemented,
 )
+from optiserve_client._tls import TLSOptionError
 from optiserve_client._types import Chunk, Completion, Model, Timings, Usage
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "OptiserveClientError",
     "PermissionDenied",
     "ResourceExhausted",
+    "TLSOptionError",
     "Timings",
     "Unauthenticated",
     "Unavailable",

@@ -10,6 +10,12 @@ import grpc
 
 from optiserve_client._errors import OptiserveClientError, from_rpc_error
 from optiserve_client._health import check_method
+from optiserve_client._tls import (
+    TLSOptionError,
+    channel_credentials,
+    server_name_options,
+    wants_tls,
+)
 from optiserve_client._types import Chunk, Completion, Model
 from optiserve_client.v1 import optiserve_pb2 as pb
 from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
@@ -143,11 +149,24 @@ def _metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
     return (("x-api-key", api_key),) if api_key else None
 
 
-def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+def _channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
+
+
+def _security(
+    tls: bool,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    server_name: str | None,
+) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
+    """The channel credentials (None: plaintext) and the channel options they need."""
+    if not wants_tls(tls, ca_file, cert_file, key_file, server_name):
+        return None, []
+    return channel_credentials(ca_file, cert_file, key_file), server_name_options(server_name)
 
 
 def _chunk(parts: list[str], msg: pb.GenerateChunk) -> Chunk:
@@ -160,7 +179,14 @@ def _chunk(parts: list[str], msg: pb.GenerateChunk) -> Chunk:
 
 
 class Client:
-    """Blocking client. ``timeout`` (seconds) is the default deadline of every call."""
+    """Blocking client. ``timeout`` (seconds) is the default deadline of every call.
+
+    TLS: ``tls=True`` (implied by any of the next options) encrypts the channel and checks
+    the server's certificate against ``ca_file`` (PEM; default: the system's roots);
+    ``cert_file`` and ``key_file`` present a client certificate (mutual TLS);
+    ``server_name`` is the name the server's certificate must carry when it is not the
+    target's host. A file that cannot be read raises :class:`TLSOptionError` at once.
+    """
 
     def __init__(
         self,
@@ -169,8 +195,19 @@ class Client:
         api_key: str | None = None,
         timeout: float | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
+        tls: bool = False,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        server_name: str | None = None,
     ) -> None:
-        self._channel = grpc.insecure_channel(target, options=_channel_options(max_message_bytes))
+        credentials, tls_options = _security(tls, ca_file, cert_file, key_file, server_name)
+        options = _channel_options(max_message_bytes) + tls_options
+        self._channel = (
+            grpc.insecure_channel(target, options=options)
+            if credentials is None
+            else grpc.secure_channel(target, credentials, options=options)
+        )
         self._stub = pb_grpc.OptiServeStub(self._channel)
         self._metadata = _metadata(api_key)
         self._timeout = timeout
@@ -264,7 +301,7 @@ class Client:
 
 
 class AsyncClient:
-    """asyncio client with the same methods as :class:`Client`."""
+    """asyncio client with the same methods and options as :class:`Client`."""
 
     def __init__(
         self,
@@ -273,9 +310,18 @@ class AsyncClient:
         api_key: str | None = None,
         timeout: float | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
+        tls: bool = False,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        server_name: str | None = None,
     ) -> None:
-        self._channel = grpc.aio.insecure_channel(
-            target, options=_channel_options(max_message_bytes)
+        credentials, tls_options = _security(tls, ca_file, cert_file, key_file, server_name)
+        options = _channel_options(max_message_bytes) + tls_options
+        self._channel = (
+            grpc.aio.insecure_channel(target, options=options)
+            if credentials is None
+            else grpc.aio.secure_channel(target, credentials, options=options)
         )
         self._stub = pb_grpc.OptiServeStub(self._channel)
         self._metadata = _metadata(api_key)
@@ -334,4 +380,4 @@ class AsyncClient:
         return str(await self._call(check_method(self._channel), service, None))
 
 
-__all__ = ["AsyncClient", "Client", "OptiserveClientError", "build_request"]
+__all__ = ["AsyncClient", "Client", "OptiserveClientError", "TLSOptionError", "build_request"]
