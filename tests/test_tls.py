@@ -142,6 +142,8 @@ class Pki:
     client_key: str
     rogue_cert: str
     rogue_key: str
+    #: The key of another certificate of the server CA (not the server certificate's).
+    other_key: str
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +155,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     server_cert, server_key = server_ca.issue("server", server=True)
     client_cert, client_key = client_ca.issue("client", server=False)
     rogue_cert, rogue_key = rogue_ca.issue("rogue", server=False)
+    _, other_key = server_ca.issue("other", server=True)
     return Pki(
         server_ca.cert_file,
         server_cert,
@@ -162,6 +165,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         client_key,
         rogue_cert,
         rogue_key,
+        other_key,
     )
 
 
@@ -360,6 +364,48 @@ def test_config_error_for_a_file_that_is_not_pem(tmp_path: Path, pki: Pki) -> No
     junk.write_text("not a certificate\n")
     with pytest.raises(ConfigError, match=r"^server\.tls_cert_file: .*junk\.crt is not PEM"):
         _load(tmp_path, {"tls_cert_file": str(junk), "tls_key_file": pki.server_key})
+
+
+def _encrypted_key(pki: Pki, directory: Path) -> str:
+    key = serialization.load_pem_private_key(Path(pki.server_key).read_bytes(), None)
+    path = directory / "encrypted.key"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("mismatched key", r"server\.tls_key_file: \S+ is not the private key of the certificate"),
+        ("key as certificate", r"server\.tls_cert_file: \S+ holds no valid PEM certificate"),
+        ("certificate as key", r"server\.tls_key_file: \S+ is not an unencrypted PEM private key"),
+        ("encrypted key", r"server\.tls_key_file: \S+ is not an unencrypted PEM private key"),
+        ("key as client CA", r"server\.tls_client_ca_file: \S+ holds no valid PEM certificate"),
+    ],
+)
+def test_config_error_for_files_grpc_would_refuse(
+    tmp_path: Path, pki: Pki, case: str, expected: str
+) -> None:
+    cert, key, ca = pki.server_cert, pki.server_key, pki.client_ca
+    if case == "mismatched key":
+        key = pki.other_key
+    elif case == "key as certificate":
+        cert = key
+    elif case == "certificate as key":
+        key = cert
+    elif case == "encrypted key":
+        key = _encrypted_key(pki, tmp_path)
+    else:
+        ca = key
+    server = {"tls_cert_file": cert, "tls_key_file": key, "tls_client_ca_file": ca}
+    with pytest.raises(ConfigError, match=f"^{expected}"):
+        _load(tmp_path, server)
 
 
 def test_config_error_names_the_environment_variable(tmp_path: Path, pki: Pki) -> None:

@@ -248,7 +248,13 @@ class OptiserveApp:
         if credentials is None:
             self.port = server.add_insecure_port(address)
         else:
-            self.port = server.add_secure_port(address, credentials)
+            try:
+                self.port = server.add_secure_port(address, credentials)
+            except RuntimeError as exc:  # grpc says only "Failed to bind"
+                raise OSError(
+                    f"cannot listen on {address} with TLS: the address is in use or not "
+                    "allowed, or grpc refused server.tls_cert_file / server.tls_key_file"
+                ) from exc
         if self.port == 0:
             raise OSError(f"cannot listen on {address} (in use or not allowed)")
         await server.start()

@@ -23,6 +23,7 @@ import dataclasses
 import difflib
 import math
 import os
+import ssl
 import tomllib
 import types
 import typing
@@ -401,6 +402,52 @@ def _check_pem_file(key: str, path: str, origin: str) -> None:
         raise ConfigError(f"{key}: {path} is not PEM (no '-----BEGIN ' line){origin}")
 
 
+def _no_password() -> bytes:
+    return b""  # an encrypted key fails to load instead of prompting on the terminal
+
+
+def _reason(exc: ssl.SSLError) -> str:
+    return f" ({exc.reason})" if exc.reason else ""
+
+
+def _check_tls(server: ServerConfig, origins: Mapping[str, str]) -> None:
+    """ConfigError naming the key unless the TLS files are readable PEM, the certificate and
+    the key match, and the client CA file holds certificates (checked with :mod:`ssl`)."""
+    for name, path in server.tls_files.items():
+        _check_pem_file(f"server.{name}", path, origins.get(name, ""))
+    if not server.tls_cert_file:
+        return
+    cert, key = (str(Path(p).expanduser()) for p in (server.tls_cert_file, server.tls_key_file))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"server.tls_cert_file: {server.tls_cert_file} holds no valid PEM certificate"
+            f"{_reason(exc)}{origins.get('tls_cert_file', '')}"
+        ) from exc
+    try:
+        context.load_cert_chain(cert, key, password=_no_password)
+    except ssl.SSLError as exc:
+        what = (
+            "is not the private key of the certificate in server.tls_cert_file"
+            if exc.reason == "KEY_VALUES_MISMATCH"
+            else "is not an unencrypted PEM private key"
+        )
+        raise ConfigError(
+            f"server.tls_key_file: {server.tls_key_file} {what}{_reason(exc)}"
+            f"{origins.get('tls_key_file', '')}"
+        ) from exc
+    if server.tls_client_ca_file:
+        try:
+            context.load_verify_locations(cafile=str(Path(server.tls_client_ca_file).expanduser()))
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"server.tls_client_ca_file: {server.tls_client_ca_file} holds no valid PEM "
+                f"certificate{_reason(exc)}{origins.get('tls_client_ca_file', '')}"
+            ) from exc
+
+
 def load_config(
     path: str | Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -463,8 +510,7 @@ def load_config(
     built = {
         name: _build(cls, sections[name], name, origins[name]) for name, cls in _SECTIONS.items()
     }
-    for name, tls_path in built["server"].tls_files.items():
-        _check_pem_file(f"server.{name}", tls_path, origins["server"].get(name, ""))
+    _check_tls(built["server"], origins["server"])
     hints = typing.get_type_hints(Config)
     scalars = {k: _coerce(v, hints[k], k, origins[""].get(k, "")) for k, v in top.items()}
     try:
