@@ -154,16 +154,19 @@ class ObserveInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 in_flight = self.metrics.in_flight.labels(service, method)
                 in_flight.inc()
                 started = time.perf_counter()
-                error: BaseException | None = None
+                status = "UNKNOWN"
                 try:
-                    return await call(request, context)
+                    response = await call(request, context)
+                    status = call_status(context, None)
+                    return response
                 except BaseException as exc:
-                    error = exc
+                    # Not kept past this block: a held exception keeps its traceback's
+                    # frames (the servicer's generators) alive until a GC pass.
+                    status = call_status(context, exc)
                     raise
                 finally:
                     elapsed = time.perf_counter() - started
                     in_flight.dec()
-                    status = call_status(context, error)
                     self.metrics.requests.labels(service, method, status).inc()
                     self.metrics.duration.labels(service, method, status).observe(elapsed)
                     if logged:
