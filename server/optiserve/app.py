@@ -231,10 +231,7 @@ class OptiserveApp:
                     RpcMetrics(self.registry), log_prompts=self.config.logging.log_prompts
                 ),
             ),
-            options=[
-                ("grpc.max_receive_message_length", cfg.max_message_bytes),
-                ("grpc.max_send_message_length", cfg.max_message_bytes),
-            ],
+            options=cfg.grpc_options(),
         )
         benchmarker = Benchmarker(self.config.benchmark, self.service, self.catalogue)
         servicer = OptiServeServicer(self.service, self.quantizer, benchmarker)

@@ -93,6 +93,20 @@ class ServerConfig:
     drain_announce_s: float = 1.0
     #: Prometheus metrics port on the same host (0 = off).
     metrics_port: int = 0
+    #: Seconds between keepalive pings the server sends on an idle connection (0 = gRPC's
+    #: default, 2 hours), and how long it waits for the ack before closing the connection.
+    keepalive_time_s: float = 0.0
+    keepalive_timeout_s: float = 20.0
+    #: Shortest interval between client keepalive pings the server accepts (pings without
+    #: calls in progress included); clients pinging more often are sent GOAWAY.
+    keepalive_min_client_interval_s: float = 10.0
+    #: Close each connection after this many seconds (0 = never), with GOAWAY so the client
+    #: reconnects, to the same or a new replica behind a load balancer; calls in progress get
+    #: ``max_connection_age_grace_s`` more to finish (0 = as long as they need).
+    max_connection_age_s: float = 0.0
+    max_connection_age_grace_s: float = 0.0
+    #: Close connections idle for this many seconds (0 = never).
+    max_connection_idle_s: float = 0.0
     #: PEM certificate (chain) the server presents; set with ``tls_key_file`` to serve TLS
     #: ("" with ``tls_key_file`` "" = plaintext).
     tls_cert_file: str = ""
@@ -131,8 +145,41 @@ class ServerConfig:
                 "grace_period_s": at_least(0),
                 "drain_announce_s": at_least(0),
                 "metrics_port": between(0, 65535),
+                "keepalive_time_s": at_least(0),
+                "keepalive_timeout_s": above(0),
+                "keepalive_min_client_interval_s": at_least(0),
+                "max_connection_age_s": at_least(0),
+                "max_connection_age_grace_s": at_least(0),
+                "max_connection_idle_s": at_least(0),
             },
         )
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """The gRPC server options of the message limits, keepalive and connection ageing."""
+
+        def ms(seconds: float) -> int:
+            return max(1, round(seconds * 1000))
+
+        options = [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout_s)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            (
+                "grpc.http2.min_recv_ping_interval_without_data_ms",
+                ms(self.keepalive_min_client_interval_s),
+            ),
+            ("grpc.http2.max_ping_strikes", 2),
+        ]
+        for name, seconds in (
+            ("grpc.keepalive_time_ms", self.keepalive_time_s),
+            ("grpc.max_connection_age_ms", self.max_connection_age_s),
+            ("grpc.max_connection_age_grace_ms", self.max_connection_age_grace_s),
+            ("grpc.max_connection_idle_ms", self.max_connection_idle_s),
+        ):
+            if seconds > 0:
+                options.append((name, ms(seconds)))
+        return options
 
     @property
     def tls_files(self) -> dict[str, str]:
