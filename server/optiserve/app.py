@@ -220,7 +220,8 @@ class OptiserveApp:
         self.admission = AdmissionInterceptor(
             CallLimits(
                 cfg.max_concurrent_rpcs, cfg.max_rpcs_per_connection, cfg.max_rpcs_per_tenant
-            )
+            ),
+            self.config.key_limits,
         )
         server = grpc.aio.server(
             interceptors=server_interceptors(

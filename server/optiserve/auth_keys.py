@@ -28,11 +28,13 @@ import os
 import secrets
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from optiserve.domain.key_limits import check_own_limits
 from optiserve.domain.settings import check
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,9 @@ class ApiKey:
     created_at: str = ""
     #: When it was revoked ("" = active).
     revoked_at: str = ""
+    #: The key's own limits (:class:`optiserve.domain.key_limits.KeyLimits` field ->
+    #: value), each overriding ``[key_limits]``'s for this key.
+    limits: Mapping[str, float] = field(default_factory=dict, hash=False)
 
     @property
     def revoked(self) -> bool:
@@ -123,6 +128,7 @@ class ApiKey:
             "hash": self.hash,
             "created_at": self.created_at,
             "revoked_at": self.revoked_at,
+            **({"limits": dict(self.limits)} if self.limits else {}),
         }
 
     @classmethod
@@ -139,7 +145,14 @@ class ApiKey:
             raise ValueError(f"key {data.get('id')!r}: {', '.join(fields)} must be strings")
         if not values["id"] or not values["tenant"] or not values["hash"]:
             raise ValueError(f"key {data.get('id')!r}: id, tenant and hash are required")
-        return cls(scopes=tuple(scopes), **values)
+        limits = data.get("limits", {})
+        if not isinstance(limits, dict):
+            raise ValueError(f"key {data.get('id')!r}: limits must be an object")
+        try:
+            own = check_own_limits(limits)
+        except ValueError as exc:
+            raise ValueError(f"key {data.get('id')!r}: {exc}") from None
+        return cls(scopes=tuple(scopes), limits=own, **values)
 
 
 @dataclass
@@ -225,9 +238,14 @@ def write_keys_file(path: Path, contents: KeysFile) -> None:
 
 
 def create_key(
-    path: Path, tenant: str, scopes: tuple[str, ...] = (), name: str = ""
+    path: Path,
+    tenant: str,
+    scopes: tuple[str, ...] = (),
+    name: str = "",
+    limits: Mapping[str, float] | None = None,
 ) -> tuple[ApiKey, str]:
-    """Add a key for ``tenant`` to the file; return its record and the key (shown once)."""
+    """Add a key for ``tenant`` (with its own ``limits``, if any) to the file; return its
+    record and the key (shown once). ValueError for a bad tenant, scope or limit."""
     tenant = tenant.strip()
     if not tenant or len(tenant) > 128 or not all("\x21" <= c <= "\x7e" for c in tenant):
         raise ValueError(
@@ -241,6 +259,7 @@ def create_key(
     unknown = [s for s in scopes if s not in SCOPES]
     if unknown:
         raise ValueError(f"unknown scope {unknown[0]!r}; scopes are {', '.join(SCOPES)}")
+    own = check_own_limits(limits or {})
     contents = read_keys_file(path)
     taken = {k.id for k in contents.keys}
     key_id = secrets.token_hex(4)
@@ -254,6 +273,7 @@ def create_key(
         scopes=tuple(dict.fromkeys(scopes)),
         name=name,
         created_at=_now(),
+        limits=own,
     )
     contents.keys.append(record)
     write_keys_file(path, contents)

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -112,6 +112,19 @@ def _keys_args(parser: argparse.ArgumentParser) -> None:
         "--scope", action="append", default=[], choices=SCOPES, help="a scope (repeat)"
     )
     create.add_argument("--name", default="", help="a note to recognise the key by")
+    for flag, kind, what in (
+        ("--requests-per-s", float, "calls per second"),
+        ("--burst", int, "calls at once above the rate"),
+        ("--tokens-per-min", int, "prompt + completion tokens per minute"),
+        ("--max-streams", int, "streaming calls in progress at once"),
+    ):
+        create.add_argument(
+            flag,
+            type=kind,
+            default=None,
+            help=f"the key's own limit: {what} (0 = none; "
+            "default: [key_limits] of the configuration)",
+        )
     listing = keys.add_parser("list", help="every key (never the keys themselves)")
     listing.add_argument("--json", action="store_true", help="print JSON")
     revoke = keys.add_parser("revoke", help="revoke a key by its id (see `keys list`)")
@@ -137,14 +150,21 @@ def _keys(args: argparse.Namespace) -> int:
     try:
         if args.keys_command == "create":
             try:
-                record, key = create_key(path, args.tenant, tuple(args.scope), args.name)
+                limits = {
+                    name: value
+                    for name in ("requests_per_s", "burst", "tokens_per_min", "max_streams")
+                    if (value := getattr(args, name)) is not None
+                }
+                record, key = create_key(path, args.tenant, tuple(args.scope), args.name, limits)
             except ValueError as exc:
                 print(f"optiserve: {exc}", file=sys.stderr)
                 return 2
             scopes = ", ".join(record.scopes) or "none"
+            own = _limits_text(record.limits)
             print(key)
             print(
-                f"created key {record.id} for tenant {record.tenant} (scopes: {scopes}) in "
+                f"created key {record.id} for tenant {record.tenant} (scopes: {scopes}; "
+                f"limits: {own}) in "
                 f"{path}. The key is printed above once and is not stored; keep it now. "
                 f"Clients send it as `authorization: Bearer <key>`.",
                 file=sys.stderr,
@@ -163,7 +183,15 @@ def _keys(args: argparse.Namespace) -> int:
             else:
                 for r in records:
                     status = f"revoked {r.revoked_at}" if r.revoked else "active"
-                    row = (r.id, r.tenant, ",".join(r.scopes) or "-", r.created_at, status, r.name)
+                    row = (
+                        r.id,
+                        r.tenant,
+                        ",".join(r.scopes) or "-",
+                        _limits_text(r.limits),
+                        r.created_at,
+                        status,
+                        r.name,
+                    )
                     print("\t".join(row).rstrip())
         else:
             try:
@@ -180,6 +208,11 @@ def _keys(args: argparse.Namespace) -> int:
         print(f"optiserve: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _limits_text(limits: Mapping[str, float]) -> str:
+    """A key's own limits as ``requests_per_s=5,tokens_per_min=1000`` ("defaults": none)."""
+    return ",".join(f"{k}={v:g}" for k, v in limits.items()) or "defaults"
 
 
 def _quantize_args(parser: argparse.ArgumentParser) -> None:

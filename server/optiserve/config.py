@@ -36,6 +36,7 @@ from optiserve.accounting.config import BudgetConfig, LedgerConfig
 from optiserve.auth_keys import AuthConfig
 from optiserve.benchmarking.config import BenchmarkConfig
 from optiserve.cache.config import CacheConfig
+from optiserve.domain.key_limits import KeyLimits
 from optiserve.domain.settings import (
     SettingError,
     above,
@@ -209,6 +210,7 @@ class Config:
 
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    key_limits: KeyLimits = field(default_factory=KeyLimits)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -314,6 +316,7 @@ DEFAULT_MODELS = (
 _SECTIONS: dict[str, type[Any]] = {
     "server": ServerConfig,
     "auth": AuthConfig,
+    "key_limits": KeyLimits,
     "logging": LoggingConfig,
     "engine": EngineConfig,
     "cache": CacheConfig,

@@ -146,7 +146,8 @@ def build_quantize_request(
 
 
 def _metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
-    return (("x-api-key", api_key),) if api_key else None
+    """The key as ``authorization: Bearer`` metadata (the server also reads ``x-api-key``)."""
+    return (("authorization", f"Bearer {api_key}"),) if api_key else None
 
 
 def _channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:

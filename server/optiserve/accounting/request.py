@@ -3,7 +3,8 @@
 The service opens an account when a request reaches a model (or the cache answers it),
 adds the prompt and completion tokens as the model reports them, and closes it once: with
 the summary when the answer completed, otherwise with the outcome the failure maps to
-(:func:`outcome_of`).
+(:func:`outcome_of`). Closing also charges the tokens to the caller's per-key token limit
+(:data:`optiserve.domain.key_limits.current_token_meter`), when it has one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 
 from optiserve.accounting.usage import Outcome, UsageTracker
 from optiserve.domain.errors import DeadlineExceeded
+from optiserve.domain.key_limits import current_token_meter
 from optiserve.domain.types import CacheLayer, ResponseSummary
 
 #: A cut this close before the request's own deadline is the deadline's (the transport's
@@ -61,6 +63,7 @@ class RequestAccount:
         if not self.closed:
             self.closed = True
             self._usage.record(self.model, summary, hit)
+            _meter(summary.usage.prompt_tokens + summary.usage.completion_tokens)
 
     def cut(self, error: BaseException) -> Outcome | None:
         """Record the request ended by ``error`` with the tokens produced until then;
@@ -75,4 +78,11 @@ class RequestAccount:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
         )
+        _meter(self.prompt_tokens + self.completion_tokens)
         return outcome
+
+
+def _meter(tokens: int) -> None:
+    meter = current_token_meter.get()
+    if meter is not None:
+        meter(tokens)

@@ -19,8 +19,8 @@ its key's id only. The authenticated caller of the running call is in
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -47,11 +47,13 @@ _HOW = (
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a call was authenticated as: the key's id (never the key), tenant and scopes."""
+    """Who a call was authenticated as: the key's id (never the key), tenant, scopes and
+    the key's own limits."""
 
     key_id: str
     tenant: str
     scopes: tuple[str, ...]
+    limits: Mapping[str, float] = field(default_factory=dict, hash=False)
 
 
 #: The authenticated caller of the call running now (None: no known key).
@@ -144,4 +146,4 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 f"{verb}: it lacks the {scope!r} scope; ask an operator for a key created "
                 f"with `optiserve keys create --tenant {record.tenant} --scope {scope}`"
             )
-        return Principal(record.id, record.tenant, record.scopes)
+        return Principal(record.id, record.tenant, record.scopes, record.limits)

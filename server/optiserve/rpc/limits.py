@@ -1,5 +1,6 @@
 """Admission: how many OptiServe RPCs may be in progress, in all, per connection and per
-tenant.
+tenant; and each API key's own limits (requests per second, tokens per minute, streams:
+:mod:`optiserve.domain.key_limits`).
 
 Only the OptiServe service's methods are counted and refused; health and reflection are
 never, so a server whose limits are full still answers its load balancer. (grpc's own
@@ -18,6 +19,8 @@ from typing import Any
 import grpc
 
 from optiserve.domain.errors import ResourceExhausted
+from optiserve.domain.key_limits import KeyLimiter, KeyLimits, current_token_meter
+from optiserve.rpc.auth import current_principal
 from optiserve.rpc.handlers import Call, wrap_handler
 from optiserve.rpc.servicer import tenant_of
 from optiserve_client.v1 import optiserve_pb2 as pb
@@ -40,8 +43,10 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     All calls run on the server's one event loop, so the counters need no lock.
     """
 
-    def __init__(self, limits: CallLimits) -> None:
+    def __init__(self, limits: CallLimits, key_limits: KeyLimits | None = None) -> None:
         self.limits = limits
+        self.key_limits = key_limits or KeyLimits()
+        self.keys = KeyLimiter()
         self.in_flight = 0
         self.by_connection: Counter[str] = Counter()
         self.by_tenant: Counter[str] = Counter()
@@ -53,12 +58,21 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if not details.method.startswith(COUNTED_PREFIX):
             return handler
-        return wrap_handler(handler, self._admitted)
+        streaming = bool(handler is not None and handler.response_streaming)
+        return wrap_handler(handler, lambda call: self._admitted(call, streaming))
 
-    def _admitted(self, call: Call) -> Call:
+    def _admitted(self, call: Call, streaming: bool) -> Call:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
             connection, tenant = context.peer(), tenant_of(context)
             self._check(connection, tenant)
+            principal = current_principal.get()
+            caller, limits = f"tenant:{tenant}", self.key_limits
+            if principal is not None:
+                caller = f"key:{principal.key_id}"
+                limits = limits.overridden(principal.limits)
+            admission = self.keys.admit(caller, limits, streaming)
+            if limits.tokens_per_min:
+                current_token_meter.set(lambda tokens: self.keys.charge(caller, tokens))
             self.in_flight += 1
             self.by_connection[connection] += 1
             self.by_tenant[tenant] += 1
@@ -68,6 +82,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 self.in_flight -= 1
                 _release(self.by_connection, connection)
                 _release(self.by_tenant, tenant)
+                self.keys.finish(admission)
 
         return run
 
