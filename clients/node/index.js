@@ -1,6 +1,23 @@
 // optiserve client for Node.js: promise-based Generate / ListModels and an async-iterable
 // StreamGenerate over @grpc/grpc-js. The contract is read from proto/optiserve/v1 at run
 // time, so there is no generated code to keep in step.
+//
+//   const { Client, OptiserveError } = require("./index.js");
+//   const client = new Client("10.0.0.5:50051", {
+//     apiKey: process.env.OPTISERVE_API_KEY,  // sent as `authorization: Bearer <key>`
+//     ca: fs.readFileSync("ca.crt"),          // TLS (see security() below)
+//     timeoutMs: 30000,
+//   });
+//   const { text } = await client.generate({ prompt: "Hello", sampling: { max_new_tokens: 16 } });
+//   for await (const chunk of client.stream({ prompt: "Hello" })) {
+//     process.stdout.write(chunk.text_delta);
+//     if (chunk.summary) console.log(chunk.summary.usage);  // on the last chunk
+//   }
+//
+// A failed call rejects (or, for stream(), throws) an OptiserveError: `code` is the status
+// name ("UNAUTHENTICATED": no key, an unknown or a revoked one; "PERMISSION_DENIED": a key
+// without the scope the call needs), `grpcCode` its number (16, 7), `details` the server's
+// message (it says what to do, and names a key by its id only).
 "use strict";
 
 const path = require("path");
@@ -12,9 +29,26 @@ const PROTO = path.join(__dirname, "..", "..", "proto", "optiserve", "v1", "opti
 class OptiserveError extends Error {
   constructor(err) {
     super(`${grpc.status[err.code]}: ${err.details}`);
-    this.code = grpc.status[err.code];
-    this.details = err.details;
+    this.name = "OptiserveError";
+    this.code = grpc.status[err.code]; // the status name, e.g. "UNAUTHENTICATED"
+    this.grpcCode = err.code; // its number, e.g. 16
+    this.details = err.details; // the server's message
+    this.metadata = err.metadata; // the trailing metadata the server sent
   }
+}
+
+// grpc-js's errors carry a numeric status code; Node's own (ECONNRESET...) a string one.
+const isStatusError = (err) => err !== null && typeof err === "object" && typeof err.code === "number";
+
+// The key goes out as `authorization: Bearer <key>` (the server also reads `x-api-key`),
+// as the Python client sends it. Checked when the client is made, so that a stray newline
+// read from a key file fails there, once, with a plain message.
+function checkApiKey(apiKey) {
+  if (apiKey === undefined || apiKey === null || apiKey === "") return undefined;
+  if (typeof apiKey !== "string" || !/^[\x21-\x7e]+$/.test(apiKey)) {
+    throw new TypeError("apiKey must be a string of printable ASCII characters without spaces");
+  }
+  return apiKey;
 }
 
 // Channel credentials and options. TLS is on with `tls: true` or any of `ca` (PEM the
@@ -40,13 +74,13 @@ class Client {
     const { OptiServe } = grpc.loadPackageDefinition(def).optiserve.v1;
     const { credentials, options } = security({ tls, ca, cert, key, serverName });
     this.stub = new OptiServe(target, credentials, options);
-    this.apiKey = apiKey;
+    this.apiKey = checkApiKey(apiKey);
     this.timeoutMs = timeoutMs;
   }
 
   _meta() {
     const md = new grpc.Metadata();
-    if (this.apiKey) md.set("x-api-key", this.apiKey);
+    if (this.apiKey) md.set("authorization", `Bearer ${this.apiKey}`);
     return md;
   }
 
@@ -57,7 +91,7 @@ class Client {
   _unary(method, request) {
     return new Promise((resolve, reject) => {
       this.stub[method](request, this._meta(), this._opts(), (err, res) =>
-        err ? reject(new OptiserveError(err)) : resolve(res));
+        err ? reject(isStatusError(err) ? new OptiserveError(err) : err) : resolve(res));
     });
   }
 
@@ -74,7 +108,7 @@ class Client {
     try {
       for await (const chunk of call) yield chunk;
     } catch (err) {
-      throw err.code !== undefined ? new OptiserveError(err) : err;
+      throw isStatusError(err) ? new OptiserveError(err) : err;
     } finally {
       call.cancel();
     }
