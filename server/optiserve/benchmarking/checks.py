@@ -57,12 +57,15 @@ def check_workload(w: Workload, c: BenchmarkConfig) -> None:
         raise InvalidRequest(f"prompts holds {len(w.prompts)}, at most {c.max_prompts}")
     if any(not p.strip() for p in w.prompts):
         raise InvalidRequest("prompts must not hold empty strings")
-    grid = points(w)
-    if len(grid) > c.max_points:
+    # Counted before the grid is built: lists of thousands of entries each multiply into
+    # more points than memory holds.
+    count = _point_count(w)
+    if count > c.max_points:
         raise ResourceExhausted(
-            f"the workload has {len(grid)} points, over this server's "
+            f"the workload has {count} points, over this server's "
             f"benchmark.max_points ({c.max_points}); measure fewer combinations"
         )
+    grid = points(w)
     total = len(grid) * (w.requests + w.warmup_requests)
     if total > c.max_total_requests:
         raise ResourceExhausted(
@@ -70,3 +73,12 @@ def check_workload(w: Workload, c: BenchmarkConfig) -> None:
             f"({w.requests} + {w.warmup_requests} warm-up)), over this server's "
             f"benchmark.max_total_requests ({c.max_total_requests})"
         )
+
+
+def _point_count(w: Workload) -> int:
+    """``len(points(w))`` without building the points."""
+    lengths = 1 if w.prompts else len(w.input_tokens)
+    loads = len(w.concurrency) * (len(w.rates) if w.rates else 1)
+    return math.prod(
+        (len(w.targets), len(w.cache), len(w.batch_sizes), lengths, len(w.output_tokens), loads)
+    )

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from optiserve.domain.errors import InvalidRequest
+from optiserve.domain.validation import shown
 
 #: What a variant name may be: it names a directory and a model.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -26,7 +27,7 @@ def variant_dir(models_dir: Path, name: str) -> Path:
     """
     if not _NAME.fullmatch(name) or ".." in name:
         raise InvalidRequest(
-            f"variant_name {name!r} is not allowed: use 1-128 letters, digits, '.', '_' or "
+            f"variant_name {shown(name)} is not allowed: use 1-128 letters, digits, '.', '_' or "
             "'-', starting with a letter or digit, without '..' (it names a directory "
             "inside the server's models directory)"
         )

@@ -10,6 +10,7 @@ from optiserve.cache import CacheStats
 from optiserve.domain import types as d
 from optiserve.domain.errors import InvalidRequest
 from optiserve.domain.quantize import QuantizeProgress, QuantizeReport, QuantizeRequest
+from optiserve.domain.validation import check_name
 from optiserve.service import UsageReport
 from optiserve_client.v1 import optiserve_pb2 as pb
 
@@ -303,6 +304,7 @@ def quantize_request_from_proto(msg: pb.QuantizeRequest) -> QuantizeRequest:
         )
     if not msg.model:
         raise InvalidRequest("model is required: the name of a local model from ListModels")
+    check_name("model", msg.model)
     return QuantizeRequest(
         model=msg.model,
         method=method,

@@ -15,6 +15,7 @@ from optiserve.domain.benchmark import (
     Workload,
 )
 from optiserve.domain.errors import InvalidRequest
+from optiserve.domain.validation import check_name
 from optiserve_client.v1 import optiserve_pb2 as pb
 
 T = TypeVar("T")
@@ -47,6 +48,8 @@ def workload_from_proto(msg: pb.BenchmarkRequest) -> Workload:
     distribution = _enum(
         "input_distribution", msg.input_distribution, _DISTRIBUTIONS, pb.InputDistribution.Name
     )
+    for i, target in enumerate(msg.models):
+        check_name(f"models[{i}]", target)
     return Workload(
         targets=tuple(msg.models),
         prompts=tuple(msg.prompts),
