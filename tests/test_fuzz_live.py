@@ -176,13 +176,24 @@ DOUBLE = st.one_of(st.floats(), st.sampled_from(_SPECIAL_FLOATS))
 FLOAT32 = st.one_of(st.floats(width=32), st.sampled_from(_SPECIAL_FLOATS))
 
 
+def _mostly(usual: st.SearchStrategy[Any], odd: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """``usual`` three times in four, else ``odd``: most requests get past the first
+    check, so the later ones are fuzzed too."""
+    return st.one_of(usual, usual, usual, odd)
+
+
 def _enum(known: list[int]) -> st.SearchStrategy[Any]:
     """Known values mostly, unknown ones (any int32) too."""
-    return st.one_of(st.sampled_from(known), INT32)
+    return _mostly(st.sampled_from(known), INT32)
 
 
 def _maybe(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.one_of(st.none(), strategy)
+
+
+def _unit(odd: st.SearchStrategy[float]) -> st.SearchStrategy[Any]:
+    """Unset, a value in [0, 1], or ``odd``."""
+    return _mostly(st.one_of(st.none(), st.floats(0, 1)), odd)
 
 
 #: Small valid values (fast generations) or values outside every range.
@@ -262,27 +273,45 @@ def _set(message: Any, field: str, value: Any) -> None:
         setattr(message, field, value)
 
 
+#: The parts of a GenerateRequest one example fuzzes ("all": every part at once; otherwise
+#: one part, the others left valid, so the request gets past the checks before it).
+PARTS = ["all", "all", "text", "sampling", "cache", "budget", "schema", "enums", "ids"]
+
+
 @st.composite
 def generate_requests(draw: st.DrawFn) -> pb.GenerateRequest:
     """Any GenerateRequest: every field and nested message, valid or not."""
+    part = draw(st.sampled_from(PARTS))
+
+    def fuzzed(name: str) -> bool:
+        return part in ("all", name)
+
     msg = pb.GenerateRequest()
-    _set(msg, "request_id", draw(st.one_of(st.none(), st.none(), SHORT_TEXT)))
-    # Mostly exactly one of prompt and messages (the others are refused at once).
-    shape = draw(st.sampled_from(["prompt", "prompt", "messages", "messages", "both", "none"]))
-    if shape in ("prompt", "both"):
-        msg.prompt = draw(TEXT)
-    if shape in ("messages", "both"):
-        n = draw(st.one_of(st.integers(0, 4), st.sampled_from([500, 5_000])))
-        turns = draw(st.lists(st.tuples(ROLE, SHORT_TEXT), min_size=min(n, 4), max_size=4))
-        turns = (turns * (n // max(len(turns), 1) + 1))[:n] if turns else []
-        msg.messages.extend(pb.ChatMessage(role=r, content=c) for r, c in turns)
-    _set(msg, "model", draw(_maybe(MODEL)))
-    if draw(st.booleans()):
-        s = msg.sampling
+    if fuzzed("ids"):
+        request_ids = st.sampled_from(["", "abc-123", "~" * 128, "x" * 129, "a b"])
+        _set(msg, "request_id", draw(_mostly(st.one_of(st.none(), request_ids), SHORT_TEXT)))
+        _set(msg, "model", draw(_mostly(st.sampled_from([None, "tiny"]), MODEL)))
+    if not fuzzed("text"):
+        msg.prompt = draw(st.sampled_from(["hi", "What is FAISS?", "Hello, world"]))
+    else:
+        # Mostly exactly one of prompt and messages (the others are refused at once).
+        shape = draw(st.sampled_from(["prompt", "prompt", "messages", "messages", "both", "none"]))
+        if shape in ("prompt", "both"):
+            msg.prompt = draw(TEXT)
+        if shape in ("messages", "both"):
+            n = draw(st.one_of(st.integers(0, 4), st.sampled_from([500, 5_000])))
+            content = TEXT if n <= 4 else SHORT_TEXT
+            turns = draw(st.lists(st.tuples(ROLE, content), min_size=min(n, 4), max_size=4))
+            turns = (turns * (n // max(len(turns), 1) + 1))[:n] if turns else []
+            msg.messages.extend(pb.ChatMessage(role=r, content=c) for r, c in turns)
+    s = msg.sampling
+    if not fuzzed("sampling"):
+        s.max_new_tokens = draw(st.integers(1, 3))
+    else:
         _set(s, "max_new_tokens", draw(_maybe(MAX_NEW_TOKENS)))
-        _set(s, "temperature", draw(_maybe(FLOAT32)))
-        _set(s, "top_p", draw(_maybe(FLOAT32)))
-        _set(s, "top_k", draw(_maybe(INT32)))
+        _set(s, "temperature", draw(_mostly(st.one_of(st.none(), st.floats(0, 2)), FLOAT32)))
+        _set(s, "top_p", draw(_unit(FLOAT32)))
+        _set(s, "top_k", draw(_mostly(st.one_of(st.none(), st.integers(0, 50)), INT32)))
         stops = draw(
             st.one_of(
                 st.lists(SHORT_TEXT, max_size=4),
@@ -292,17 +321,18 @@ def generate_requests(draw: st.DrawFn) -> pb.GenerateRequest:
         s.stop.extend(stops)
         _set(s, "seed", draw(_maybe(UINT64)))
         _set(s, "min_new_tokens", draw(_maybe(MIN_NEW_TOKENS)))
-    if draw(st.booleans()):
+    if fuzzed("cache") or fuzzed("enums"):
         c = msg.cache
         c.mode = draw(_enum([0, 1, 2, 3]))
-        _set(c, "semantic_threshold", draw(_maybe(FLOAT32)))
-        _set(c, "ttl_seconds", draw(_maybe(DOUBLE)))
-    if draw(st.booleans()):
-        _set(msg.budget, "max_cost_usd", draw(_maybe(DOUBLE)))
-        _set(msg.budget, "min_quality", draw(_maybe(DOUBLE)))
-    if draw(st.booleans()):
+        if fuzzed("cache"):
+            _set(c, "semantic_threshold", draw(_unit(FLOAT32)))
+            _set(c, "ttl_seconds", draw(_mostly(st.one_of(st.none(), st.floats(0, 1e6)), DOUBLE)))
+    if fuzzed("budget"):
+        _set(msg.budget, "max_cost_usd", draw(_mostly(st.one_of(st.none(), st.floats(0)), DOUBLE)))
+        _set(msg.budget, "min_quality", draw(_unit(DOUBLE)))
+    if fuzzed("schema"):
         msg.response_format.json_schema = draw(JSON_SCHEMA)
-    if draw(st.booleans()):
+    if fuzzed("enums"):
         msg.compression = draw(_enum([0, 1, 2]))
     return msg
 
@@ -323,68 +353,106 @@ def _no_embedder_job(msg: pb.QuantizeRequest) -> pb.QuantizeRequest:
 
 @st.composite
 def quantize_requests(draw: st.DrawFn) -> pb.QuantizeRequest:
+    """Any QuantizeRequest; one part fuzzed (or all), the others valid (PARTS)."""
+    part = draw(st.sampled_from(["all", "all", "method", "names", "texts"]))
+
+    def pick(name: str, valid: st.SearchStrategy[Any], odd: st.SearchStrategy[Any]) -> Any:
+        return draw(odd if part in ("all", name) else valid)
+
     msg = pb.QuantizeRequest(
-        model=draw(MODEL),
-        method=draw(_enum(list(range(8)))),
-        bits=draw(st.one_of(st.sampled_from([0, 2, 3, 4, 8, 16]), INT32)),
-        group_size=draw(st.one_of(st.sampled_from([-1, 0, 32, 128, 3]), INT32)),
-        variant_name=draw(
-            st.one_of(st.sampled_from(["", "v1", "tiny", "..", ".hidden", "a/b", "x" * 200]), TEXT)
+        model=pick("names", st.just("tiny"), _mostly(st.just("tiny"), MODEL)),
+        method=pick("method", st.just(pb.QUANT_METHOD_FP16), _enum(list(range(1, 8)))),
+        bits=pick("method", st.just(0), st.one_of(st.sampled_from([0, 2, 3, 4, 8, 16]), INT32)),
+        group_size=pick(
+            "method", st.just(0), st.one_of(st.sampled_from([-1, 0, 32, 128, 3]), INT32)
+        ),
+        variant_name=pick(
+            "names",
+            st.just(""),
+            st.one_of(st.sampled_from(["", "v1", "tiny", "..", ".hidden", "a/b", "x" * 200]), TEXT),
         ),
         serve=draw(st.booleans()),
-        sparsity=draw(DOUBLE),
-        evaluation_text=draw(st.one_of(st.just(""), TEXT)),
+        sparsity=pick("method", st.just(0.0), _mostly(st.sampled_from([0.0, 0.5]), DOUBLE)),
+        evaluation_text=pick("texts", st.just(""), st.one_of(st.just(""), TEXT)),
     )
     msg.calibration_texts.extend(
-        draw(
+        pick(
+            "texts",
+            st.just([]),
             st.one_of(
                 st.lists(TEXT, max_size=3),
                 st.builds(lambda t, n: [t] * n, SHORT_TEXT, st.integers(100, 5_000)),
-            )
+            ),
         )
     )
     return _no_embedder_job(msg)
 
 
 def _int_list(valid: st.SearchStrategy[int]) -> st.SearchStrategy[list[int]]:
-    return st.one_of(
-        st.lists(st.one_of(valid, INT32), max_size=3),
-        st.builds(lambda v, n: [v] * n, st.one_of(valid, INT32), st.integers(100, 20_000)),
+    return _mostly(
+        st.lists(valid, max_size=2),
+        st.one_of(
+            st.lists(st.one_of(valid, INT32), max_size=3),
+            st.builds(lambda v, n: [v] * n, st.one_of(valid, INT32), st.integers(100, 20_000)),
+        ),
     )
 
 
 @st.composite
 def benchmark_requests(draw: st.DrawFn) -> pb.BenchmarkRequest:
+    """Any BenchmarkRequest; one part fuzzed (or all), the others valid: a workload of one
+    request of one token (PARTS)."""
+    part = draw(st.sampled_from(["all", "all", "lists", "scalars", "enums", "prompts"]))
+
+    def pick(name: str, valid: st.SearchStrategy[Any], odd: st.SearchStrategy[Any]) -> Any:
+        return draw(odd if part in ("all", name) else valid)
+
+    def unit(high: float) -> st.SearchStrategy[Any]:
+        return _mostly(st.floats(0, high), DOUBLE)
+
+    arrival = pick("enums", st.just(pb.ARRIVAL_PROCESS_CLOSED), _enum([0, 1, 2]))
     msg = pb.BenchmarkRequest(
-        requests_per_point=draw(st.one_of(st.integers(0, 2), INT32)),
-        repeat_fraction=draw(DOUBLE),
+        requests_per_point=pick("scalars", st.just(1), _mostly(st.integers(0, 2), INT32)),
+        repeat_fraction=pick("scalars", st.just(0.0), unit(1)),
         seed=draw(UINT64),
-        input_distribution=draw(_enum([0, 1, 2])),
-        input_spread=draw(DOUBLE),
-        arrival=draw(_enum([0, 1, 2])),
-        duration_s=draw(DOUBLE),
+        input_distribution=pick("enums", st.just(0), _enum([0, 1, 2])),
+        input_spread=pick("scalars", st.just(0.0), unit(1)),
+        arrival=arrival,
+        duration_s=pick("scalars", st.just(0.0), unit(1)),
         pin_output_length=draw(st.booleans()),
-        slo_ttft_ms=draw(DOUBLE),
-        slo_tpot_ms=draw(DOUBLE),
-        slo_e2e_ms=draw(DOUBLE),
-        latency_target_p99_ms=draw(DOUBLE),
+        slo_ttft_ms=pick("scalars", st.just(0.0), unit(1e4)),
+        slo_tpot_ms=pick("scalars", st.just(0.0), unit(1e4)),
+        slo_e2e_ms=pick("scalars", st.just(0.0), unit(1e4)),
+        latency_target_p99_ms=pick("scalars", st.just(0.0), unit(1e4)),
     )
-    msg.models.extend(draw(st.lists(MODEL, max_size=3)))
-    msg.prompt_lengths.extend(draw(_int_list(st.integers(1, 8))))
-    msg.max_new_tokens.extend(draw(_int_list(st.integers(1, 2))))
-    msg.concurrency.extend(draw(_int_list(st.integers(1, 2))))
-    msg.batch_sizes.extend(draw(_int_list(st.integers(0, 2))))
-    msg.prompts.extend(draw(st.lists(TEXT, max_size=5)))
+    msg.models.extend(
+        pick("lists", st.just(["tiny"]), _mostly(st.just(["tiny"]), st.lists(MODEL, max_size=3)))
+    )
+    msg.prompt_lengths.extend(pick("lists", st.just([4]), _int_list(st.integers(1, 8))))
+    msg.max_new_tokens.extend(pick("lists", st.just([1]), _int_list(st.integers(1, 2))))
+    msg.concurrency.extend(pick("lists", st.just([1]), _int_list(st.integers(1, 2))))
+    msg.batch_sizes.extend(pick("lists", st.just([]), _int_list(st.integers(0, 2))))
+    msg.prompts.extend(pick("prompts", st.just([]), st.lists(TEXT, max_size=5)))
+    open_loop = arrival in (pb.ARRIVAL_PROCESS_POISSON, pb.ARRIVAL_PROCESS_CONSTANT)
     msg.arrival_rates.extend(
-        draw(
-            st.one_of(
-                st.lists(DOUBLE, max_size=3),
-                st.builds(lambda v, n: [v] * n, DOUBLE, st.integers(100, 20_000)),
-            )
+        pick(
+            "lists",
+            st.just([100.0] if open_loop else []),
+            _mostly(
+                st.lists(st.floats(1, 1000), max_size=1),
+                st.one_of(
+                    st.lists(DOUBLE, max_size=3),
+                    st.builds(lambda v, n: [v] * n, DOUBLE, st.integers(100, 20_000)),
+                ),
+            ),
         )
     )
-    msg.cache.extend(draw(st.lists(st.booleans(), max_size=3)))
-    _set(msg, "warmup_requests", draw(_maybe(st.one_of(st.integers(0, 1), INT32))))
+    msg.cache.extend(pick("lists", st.just([]), st.lists(st.booleans(), max_size=3)))
+    _set(
+        msg,
+        "warmup_requests",
+        pick("scalars", st.just(0), _mostly(st.sampled_from([None, 0, 1]), INT32)),
+    )
     return msg
 
 
