@@ -11,6 +11,7 @@ its handler runs and freed as soon as the handler returns or fails.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -47,6 +48,9 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.limits = limits
         self.key_limits = key_limits or KeyLimits()
         self.keys = KeyLimiter()
+        #: Seconds an admitted call took, exponentially averaged (the retry hint of a
+        #: refusal: about when a slot frees).
+        self.mean_call_s = 0.0
         self.in_flight = 0
         self.by_connection: Counter[str] = Counter()
         self.by_tenant: Counter[str] = Counter()
@@ -76,9 +80,14 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             self.in_flight += 1
             self.by_connection[connection] += 1
             self.by_tenant[tenant] += 1
+            started = time.monotonic()
             try:
                 return await call(request, context)
             finally:
+                took = time.monotonic() - started
+                self.mean_call_s = (
+                    took if not self.mean_call_s else (0.9 * self.mean_call_s + 0.1 * took)
+                )
                 self.in_flight -= 1
                 _release(self.by_connection, connection)
                 _release(self.by_tenant, tenant)
@@ -88,23 +97,28 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _check(self, connection: str, tenant: str) -> None:
         limits = self.limits
+        # About when a slot frees: the mean time calls took (1 s before any finished).
+        hint = round(min(60.0, max(0.05, self.mean_call_s or 1.0)), 3)
         if self.in_flight >= limits.total:
             raise ResourceExhausted(
                 f"the server already has {limits.total} OptiServe calls in progress, its "
-                "limit (server.max_concurrent_rpcs); retry later, or raise the limit"
+                "limit (server.max_concurrent_rpcs); retry later, or raise the limit",
+                retry_after_s=hint,
             )
         if self.by_connection[connection] >= limits.per_connection:
             raise ResourceExhausted(
                 f"this connection already has {limits.per_connection} OptiServe calls in "
                 "progress, the limit per connection (server.max_rpcs_per_connection); wait "
-                "for one to finish, open another connection, or raise the limit"
+                "for one to finish, open another connection, or raise the limit",
+                retry_after_s=hint,
             )
         if self.by_tenant[tenant] >= limits.per_tenant:
             raise ResourceExhausted(
                 f"tenant {tenant} already has {limits.per_tenant} OptiServe calls in "
                 "progress, the limit per tenant (server.max_rpcs_per_tenant; callers "
                 "without an API key share the tenant anonymous); wait for one to finish, "
-                "or raise the limit"
+                "or raise the limit",
+                retry_after_s=hint,
             )
 
 

@@ -21,6 +21,10 @@ class EngineConfig:
       they are prefilled together (dynamic batching); 0 disables the wait.
     * ``max_queue``: waiting requests at most, per model; one more is refused with
       ``QueueFull`` (RESOURCE_EXHAUSTED).
+    * ``max_queue_delay_s``: a request that would likely wait longer than this for a slot
+      (its place in the queue over the model's completion rate, measured over the last
+      10 s) is refused at once with ``QueueFull``, so an overloaded model keeps the latency
+      of the requests it admits bounded; 0 = only ``max_queue`` bounds the queue.
     * ``max_prefill_tokens``: padded prompt tokens (rows x longest prompt) prefilled in one
       step at most; a burst is admitted over several steps, each followed by a decode step
       of the running rows, so the first arrivals get their first token sooner and running
@@ -33,6 +37,7 @@ class EngineConfig:
     max_batch_tokens: int = 8192
     max_wait_ms: float = 5.0
     max_queue: int = 256
+    max_queue_delay_s: float = 30.0
     max_prefill_tokens: int = 512
 
     def __post_init__(self) -> None:
@@ -44,6 +49,7 @@ class EngineConfig:
                 "max_batch_tokens": at_least(2),
                 "max_wait_ms": at_least(0),
                 "max_queue": at_least(1),
+                "max_queue_delay_s": at_least(0),
                 "max_prefill_tokens": at_least(1),
             },
         )

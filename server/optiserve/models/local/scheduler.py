@@ -82,6 +82,7 @@ from optiserve.models.local.rows import (
 )
 from optiserve.models.local.sampling import is_greedy, make_generator
 from optiserve.models.local.text import IncrementalDetokenizer, fast_decoder
+from optiserve.models.local.throughput import CompletionRate
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,7 @@ class Scheduler:
         self._batch: CausalLMBatch | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._completion_rate = 0.0  # sequences/s, exponentially averaged
-        self._last_completion = 0.0
+        self._completions = CompletionRate()
         self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[SequenceHandle, Any]]] = {}
 
     # ------------------------------------------------------------------ public API
@@ -227,13 +227,7 @@ class Scheduler:
         with self._cond:
             if self._stopping or self._thread is None:
                 raise Unavailable(f"model {self.name!r} is not running; retry shortly")
-            if len(self._waiting) >= self.config.max_queue:
-                hint = self._retry_hint()
-                raise QueueFull(
-                    f"model {self.name!r} has {len(self._waiting)} requests waiting (limit "
-                    f"{self.config.max_queue}); retry after {hint:.2f}s",
-                    retry_after_s=hint,
-                )
+            self._check_room()
             self._waiting.append(SequenceState(request, handle, deadline, detok))
             depth = len(self._waiting)
             self._cond.notify()
@@ -243,11 +237,28 @@ class Scheduler:
 
     # ------------------------------------------------------------------ worker loop
 
-    def _retry_hint(self) -> float:
-        """Seconds until the queue likely has room, from the measured completion rate."""
-        if self._completion_rate <= 0:
-            return 1.0
-        return min(60.0, max(0.05, len(self._waiting) / self._completion_rate))
+    def _check_room(self) -> None:
+        """Raise QueueFull when the queue is full, or when a new request would likely wait
+        longer than ``max_queue_delay_s`` (from the measured completion rate), so overload
+        is refused at once instead of queued into a collapse. Call with ``_cond`` held."""
+        waiting = len(self._waiting)
+        wait = self._completions.expected_wait_s(waiting, time.monotonic())
+        limit = self.config.max_queue_delay_s
+        if waiting >= self.config.max_queue:
+            hint = 1.0 if wait is None else min(60.0, max(0.05, wait))
+            raise QueueFull(
+                f"model {self.name!r} has {waiting} requests waiting (limit "
+                f"{self.config.max_queue}); retry after {hint:.2f}s",
+                retry_after_s=round(hint, 3),
+            )
+        if limit > 0 and wait is not None and wait > limit:
+            hint = min(60.0, max(0.05, wait - limit))
+            raise QueueFull(
+                f"model {self.name!r} is overloaded: a new request would wait about "
+                f"{wait:.1f} s behind {waiting} others (limit engine.max_queue_delay_s = "
+                f"{limit:g} s); retry after {hint:.2f}s",
+                retry_after_s=round(hint, 3),
+            )
 
     def _loop(self) -> None:
         while True:
@@ -487,10 +498,7 @@ class Scheduler:
         return keep
 
     def _completion(self, seq: SequenceState, finish: FinishReason, now: float) -> SequenceEnd:
-        if self._last_completion:
-            gap = max(now - self._last_completion, 1e-6)
-            self._completion_rate = 0.9 * self._completion_rate + 0.1 / gap
-        self._last_completion = now
+        self._completions.add(now)
         return SequenceEnd(
             finish_reason=finish,
             prompt_tokens=len(seq.request.prompt_ids),
