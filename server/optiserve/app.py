@@ -206,6 +206,7 @@ class OptiserveApp:
                 ResponseCache.open, self.config.cache, self.config.resolved_data_dir()
             )
             register_cache_metrics(self.cache, self.registry)
+        await self._warm_up()
         self.service = Service(
             self.planner,
             UsageTracker(),
@@ -275,6 +276,24 @@ class OptiserveApp:
             },
         )
         return self.port
+
+    async def _warm_up(self) -> None:
+        """One short generation per local model and one embedding for the semantic cache,
+        measured and logged, before the server listens (so health's first SERVING comes
+        after them)."""
+        tokens = self.config.engine.warmup_tokens
+        took: dict[str, float] = {}
+        if tokens:
+            for name, backend in self.backends:
+                if isinstance(backend, LocalHFBackend):
+                    took[name] = round(await backend.warm_up(tokens) * 1000.0, 1)
+        embedder = self.cache.embedder if self.cache is not None else None
+        if embedder is not None:
+            started = time.perf_counter()
+            await asyncio.to_thread(embedder.embed, "Hello, who are you?")
+            took["embedder"] = round((time.perf_counter() - started) * 1000.0, 1)
+        if took:
+            log.info("warmed up", extra={"warm_up_ms": took, "tokens": tokens})
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):

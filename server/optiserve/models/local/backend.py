@@ -277,6 +277,21 @@ class LocalHFBackend:
             return list(tok(text, add_special_tokens=False)["input_ids"])
         return list(tok(request.prompt)["input_ids"])
 
+    async def warm_up(self, tokens: int) -> float:
+        """Generate ``tokens`` tokens for a short prompt through the scheduler, as a request
+        would (tokenizer, prefill, decode steps, detokenizer), so the first real request
+        does not pay the first calls' costs; return the seconds it took. Nothing is
+        recorded: no account, no ledger row."""
+        started = time.perf_counter()
+        request = GenerateRequest(
+            request_id="warm-up",
+            prompt="Hello, who are you?",
+            sampling=SamplingParams(max_new_tokens=tokens, min_new_tokens=tokens),
+        )
+        async for _ in self.stream(request):
+            pass
+        return time.perf_counter() - started
+
     async def stream(self, request: GenerateRequest) -> AsyncIterator[BackendEvent]:
         """Generate: a BackendStart, deltas as tokens are decoded, then one BackendFinish.
 

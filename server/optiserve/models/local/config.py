@@ -30,6 +30,8 @@ class EngineConfig:
       of the running rows, so the first arrivals get their first token sooner and running
       rows are not stalled behind one huge prefill. At least one request is always
       admitted when the batch has room.
+    * ``warmup_tokens``: at start, each local model generates this many tokens for a
+      short prompt before health reports SERVING (0 = no warm-up).
     """
 
     torch_threads: int = 1
@@ -39,6 +41,7 @@ class EngineConfig:
     max_queue: int = 256
     max_queue_delay_s: float = 30.0
     max_prefill_tokens: int = 512
+    warmup_tokens: int = 8
 
     def __post_init__(self) -> None:
         check(
@@ -51,5 +54,6 @@ class EngineConfig:
                 "max_queue": at_least(1),
                 "max_queue_delay_s": at_least(0),
                 "max_prefill_tokens": at_least(1),
+                "warmup_tokens": at_least(0),
             },
         )
