@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 from collections.abc import Callable
 
 from optiserve.app import ServerThread
 from optiserve.config import Config
 from optiserve_client import Client
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from server_process import free_port
 
 
 def test_metrics_endpoint_counts_tokens(make_config: Callable[..., Config]) -> None:
-    port = _free_port()
+    port = free_port()
     server = ServerThread(make_config(server={"metrics_port": port}, cache={"enabled": True}))
     server.start()
     try:

@@ -7,10 +7,7 @@ throughput, and serves normally afterwards."""
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,18 +20,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from optiserve_client.v1 import optiserve_pb2 as pb
 from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
+from server_process import free_port, serve_process
 
 NEW_TOKENS = 192
 BATCH = 4
 QUEUE_DELAY_S = 1.5
 OVERLOAD_S = 30.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _request(i: int) -> pb.GenerateRequest:
@@ -120,7 +112,7 @@ async def _open_loop(
 
 @pytest.mark.timeout(300)
 def test_ten_times_the_capacity_for_30_s(tiny_model_dir: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "optiserve.toml"
     config.write_text(
         f'data_dir = "{tmp_path / "data"}"\n'
@@ -130,12 +122,7 @@ def test_ten_times_the_capacity_for_30_s(tiny_model_dir: Path, tmp_path: Path) -
         '[logging]\nlevel = "WARNING"\n'
         f'[[models]]\nname = "tiny"\nsource = "{tiny_model_dir}"\n'
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "optiserve", "serve", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = serve_process(config, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         report = asyncio.run(_run(f"127.0.0.1:{port}"))
     finally:

@@ -11,9 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
-import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import closing
 from decimal import Decimal
@@ -32,6 +30,7 @@ from optiserve.routing.config import RouteConfig
 from optiserve_client.v1 import optiserve_pb2 as pb
 from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
 from providers.mock_provider import MockProvider, Reply, Usage
+from server_process import free_port, serve_process
 
 KEY = "sk-test-SECRET-0123456789"
 MISSING_KEY_ENV = "OPTISERVE_TEST_KEY_THAT_IS_NOT_SET"
@@ -375,16 +374,10 @@ def test_a_concurrent_burst_never_overspends_the_budget(
     assert set(outcomes) <= {"OK", "RESOURCE_EXHAUSTED"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_kill_9_right_after_an_rpc_returned_loses_no_ledger_row(
     mock: MockProvider, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "optiserve.toml"
     config.write_text(
         f'data_dir = "{tmp_path}"\ndefault_model = "mini"\n'
@@ -395,11 +388,7 @@ def test_kill_9_right_after_an_rpc_returned_loses_no_ledger_row(
         "context_length = 8192\ninput_price_per_mtok = 0.15\noutput_price_per_mtok = 0.6\n"
     )
     mock.reset()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "optiserve", "serve", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = serve_process(config, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     returned: list[str] = []
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

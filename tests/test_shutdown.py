@@ -3,11 +3,7 @@ stream finish, then the process exits 0."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,16 +13,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from optiserve_client.v1 import optiserve_pb2 as pb
 from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from server_process import free_port, serve_process
 
 
 def test_sigterm_drains_in_flight_stream(tiny_model_dir: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "optiserve.toml"
     config.write_text(
         f'data_dir = "{tmp_path / "data"}"\n'
@@ -34,12 +25,7 @@ def test_sigterm_drains_in_flight_stream(tiny_model_dir: Path, tmp_path: Path) -
         '[logging]\nformat = "json"\n'
         f'[[models]]\nname = "tiny"\nsource = "{tiny_model_dir}"\nmax_new_tokens_cap = 480\n'
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "optiserve", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = serve_process(config)
     try:
         target = f"127.0.0.1:{port}"
         with grpc.insecure_channel(target) as channel:
