@@ -126,3 +126,40 @@ def test_kill_9_under_write_load_loses_at_most_one(tmp_path: Path, make_cache: F
         hit = cache.lookup_sync(req, "m")
         assert hit.entry is not None
         assert hit.entry.text.endswith(str(i))
+
+
+def test_a_failed_delete_leaves_no_transaction_open(tmp_path: Path) -> None:
+    """A delete that meets another writer's lock fails and is rolled back, so the next write
+    commits (left open, the transaction would swallow every later write uncommitted)."""
+    from optiserve.cache.entry import CacheEntry
+    from optiserve.cache.store import CacheStore
+
+    def entry(i: int) -> CacheEntry:
+        return CacheEntry(
+            entry_id=i,
+            partition="p",
+            exact_key=f"k{i}",
+            query=f"q{i}",
+            text=f"answer {i}",
+            model="m",
+            completion_tokens=1,
+            cost_usd=0.0,
+            finish_reason=FinishReason.EOS,
+            created_at=time.time(),
+            expires_at=0.0,
+        )
+
+    path = tmp_path / "store.sqlite3"
+    store = CacheStore(path)
+    store._conn.execute("PRAGMA busy_timeout = 0")
+    store.put(entry(1))
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store.delete([1])
+    other.execute("ROLLBACK")
+    store.put(entry(2))
+    ids = {row[0] for row in other.execute("SELECT id FROM entries")}
+    other.close()
+    assert ids == {1, 2}
+    store.close()

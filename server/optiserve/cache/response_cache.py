@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -221,7 +222,7 @@ class ResponseCache:
                 self._index.remove(gone.partition, gone.entry_id)
             if entry.vector is not None and self._table.get(entry.entry_id, now) is entry:
                 self._index.add(entry.partition, entry.entry_id, entry.vector)
-        self._store.delete(dropped)
+        self._delete_rows(dropped)
         logger.info(
             "response cache: %d entries loaded from %s in %.0f ms (%d expired or over limits "
             "dropped); index %d vectors in %d partitions",
@@ -497,9 +498,8 @@ class ResponseCache:
         for g in gone:
             self._index.remove(g.partition, g.entry_id)
         if self._store is not None:
-            if stored:
-                self._store.put(entry)
-            self._store.delete([g.entry_id for g in gone if g.entry_id != entry.entry_id])
+            dropped = [g.entry_id for g in gone if g.entry_id != entry.entry_id]
+            self._persist(entry if stored else None, dropped)
         if stored and vector is not None:
             self._index.add(entry.partition, entry.entry_id, vector)
         if self._redis is not None and stored:
@@ -524,6 +524,46 @@ class ResponseCache:
             self._stores_since_sweep = 0
             self.sweep_expired()
 
+    def _persist(self, entry: CacheEntry | None, dropped: list[int]) -> None:
+        """Write ``entry`` (when kept) to SQLite and delete ``dropped`` there.
+
+        A failed write (disk full, read-only, I/O error) is logged and counted, never
+        raised: memory is the cache, SQLite its copy for the next start. An entry that
+        could not be written is served from memory like any other until a restart."""
+        assert self._store is not None
+        if entry is not None:
+            try:
+                self._store.put(entry)
+            except (sqlite3.Error, OSError) as exc:
+                self._write_failed(
+                    exc, "the answer is cached in memory only and will not survive a restart"
+                )
+        self._delete_rows(dropped)
+
+    def _delete_rows(self, entry_ids: list[int]) -> None:
+        """Delete the rows of entries gone from memory (a failure is logged and counted)."""
+        if self._store is None or not entry_ids:
+            return
+        try:
+            self._store.delete(entry_ids)
+        except (sqlite3.Error, OSError) as exc:
+            self._write_failed(
+                exc,
+                f"{len(entry_ids)} entries gone from memory are still on disk (a restart "
+                "may load them again, within the limits)",
+            )
+
+    def _write_failed(self, exc: Exception, consequence: str) -> None:
+        assert self._store is not None
+        logger.error(
+            "response cache: writing to %s failed (%s: %s); %s",
+            self._store.path,
+            type(exc).__name__,
+            exc,
+            consequence,
+        )
+        self._count(store_errors=1)
+
     def sweep_expired(self) -> int:
         """Drop expired entries from memory, index and store; return how many."""
         dead = self._table.expire()
@@ -538,8 +578,7 @@ class ResponseCache:
         """Remove entries already out of the table from the index and store; count them."""
         for entry in dead:
             self._index.remove(entry.partition, entry.entry_id)
-        if self._store is not None and dead:
-            self._store.delete([e.entry_id for e in dead])
+        self._delete_rows([e.entry_id for e in dead])
         if dead:
             self._count(expirations=len(dead))
 

@@ -136,9 +136,20 @@ class CacheStore:
         if not entry_ids:
             return
         with self._lock:
-            self._conn.execute("BEGIN")
-            self._conn.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in entry_ids])
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.execute("BEGIN")
+                self._conn.executemany(
+                    "DELETE FROM entries WHERE id = ?", [(i,) for i in entry_ids]
+                )
+                self._conn.execute("COMMIT")
+            except sqlite3.Error:
+                # SQLite rolls back by itself on an I/O error, not on every error (a
+                # statement that meets another writer's lock leaves the transaction open):
+                # left open, every later write would join it and never be committed.
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+                raise
 
     def load(self) -> list[CacheEntry]:
         """Every stored entry, oldest first; unreadable rows are skipped with a warning."""
