@@ -135,6 +135,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._completions = CompletionRate()
+        self._completed_in_step = 0
         self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[SequenceHandle, Any]]] = {}
 
     # ------------------------------------------------------------------ public API
@@ -271,6 +272,8 @@ class Scheduler:
                     self._gather()
                 if self._stopping:
                     return
+            started = time.monotonic()
+            self._completed_in_step = 0
             try:
                 self._step()
             except Exception as exc:  # a bug in the loop itself: fail everyone, keep serving
@@ -280,6 +283,8 @@ class Scheduler:
                     self._post(seq.handle, error)
                 self._running.clear()
                 self._batch = None
+            ended = time.monotonic()
+            self._completions.step(ended, ended - started, self._completed_in_step)
             self._flush()
 
     def _gather(self) -> None:
@@ -498,7 +503,7 @@ class Scheduler:
         return keep
 
     def _completion(self, seq: SequenceState, finish: FinishReason, now: float) -> SequenceEnd:
-        self._completions.add(now)
+        self._completed_in_step += 1
         return SequenceEnd(
             finish_reason=finish,
             prompt_tokens=len(seq.request.prompt_ids),

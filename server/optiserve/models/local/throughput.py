@@ -1,8 +1,11 @@
-"""The measured completion rate of a scheduler, and the queue delay it predicts.
+"""The measured service rate of a scheduler, and the queue delay it predicts.
 
-Sequences finish in bursts (a batch that started together ends together), so the rate is
-a count over a sliding window, not an average of gaps between completions. It estimates
-how long a new request would wait behind the queue: ``waiting / rate``.
+The rate is the sequences completed per second *of work*: each scheduler step reports how
+long it ran and how many sequences it completed, and the rate is their sums over the
+steps of the last ``window_s`` seconds. Idle time is not counted, so a server that was
+idle does not look slow to the first burst after it; and sequences finish in bursts (a
+batch that started together ends together), which a count over many steps absorbs. A
+request queued behind ``waiting`` others is expected to wait ``waiting / rate``.
 """
 
 from __future__ import annotations
@@ -10,35 +13,36 @@ from __future__ import annotations
 import collections
 import threading
 
+#: Completions needed in the window before a rate is given.
+MIN_COMPLETIONS = 2
+
 
 class CompletionRate:
-    """Completions per second over the last ``window_s`` seconds (thread-safe)."""
+    """Completions per busy second over the last ``window_s`` seconds (thread-safe)."""
 
     def __init__(self, window_s: float = 10.0) -> None:
         self.window_s = window_s
-        self._times: collections.deque[float] = collections.deque()
-        self._first: float | None = None
+        self._steps: collections.deque[tuple[float, float, int]] = collections.deque()
+        self._busy_s = 0.0
+        self._completed = 0
         self._lock = threading.Lock()
 
-    def add(self, now: float, count: int = 1) -> None:
-        """``count`` sequences completed at ``now`` (``time.monotonic()``)."""
+    def step(self, now: float, busy_s: float, completed: int) -> None:
+        """A step that ended at ``now`` (``time.monotonic()``) ran ``busy_s`` seconds and
+        completed ``completed`` sequences."""
         with self._lock:
-            if self._first is None:
-                self._first = now
-            self._times.extend([now] * count)
+            self._steps.append((now, busy_s, completed))
+            self._busy_s += busy_s
+            self._completed += completed
             self._prune(now)
 
     def per_s(self, now: float) -> float:
-        """The rate, or 0.0 while fewer than two completions fall in the window."""
+        """The rate, or 0.0 while fewer than MIN_COMPLETIONS fall in the window."""
         with self._lock:
             self._prune(now)
-            if len(self._times) < 2 or self._first is None:
+            if self._completed < MIN_COMPLETIONS or self._busy_s <= 0:
                 return 0.0
-            # The window, or the time since the first completion when that is shorter
-            # (a server just started); never under the span the completions cover.
-            span = min(self.window_s, now - self._first)
-            span = max(span, self._times[-1] - self._times[0], 1e-3)
-            return len(self._times) / span
+            return self._completed / self._busy_s
 
     def expected_wait_s(self, waiting: int, now: float) -> float | None:
         """Seconds a request queued behind ``waiting`` others would likely wait (None:
@@ -48,5 +52,9 @@ class CompletionRate:
 
     def _prune(self, now: float) -> None:
         horizon = now - self.window_s
-        while self._times and self._times[0] < horizon:
-            self._times.popleft()
+        while self._steps and self._steps[0][0] < horizon:
+            _, busy_s, completed = self._steps.popleft()
+            self._busy_s -= busy_s
+            self._completed -= completed
+        if not self._steps:  # no float drift left behind
+            self._busy_s, self._completed = 0.0, 0
