@@ -242,6 +242,12 @@ _SCHEMAS = [
     '{"not":' * 300 + "{}" + "}" * 300,
     "\ufeff{}",
     "NaN",
+    '{"$schema": []}',
+    '{"$schema": true}',
+    '{"$schema": 1}',
+    '{"$schema": {}}',
+    '{"$schema": null}',
+    '{"$schema": "x"}',
 ]
 _DEEP_SCHEMA = st.builds(
     lambda opener, n, closed: opener * n + ("{}" + "}" * n if closed else ""),
@@ -650,6 +656,22 @@ def test_invalid_utf8_in_string_fields(
 # -- regressions: requests the fuzzing found that the server mishandled --------------------
 
 
+LONG_NAME = "m" * 20_000
+
+
+def _error(call: Callable[[], Any]) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value
+
+
+def _short_invalid_argument(error: grpc.RpcError, needle: str) -> None:
+    details = error.details() or ""
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, details[:500]
+    assert needle in details, details[:500]
+    assert len(details) < 1_000, details[:500]
+
+
 @pytest.mark.parametrize(
     "schema",
     [
@@ -679,6 +701,26 @@ def test_deeply_nested_json_schema_is_invalid_argument(
     assert "response_format.json_schema nests arrays and objects too deeply; at most 64" in (
         info.value.details() or ""
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [("[]", "array"), ("true", "boolean"), ("1", "number"), ("{}", "object"), ("null", "null")],
+)
+def test_json_schema_with_a_non_string_dollar_schema_is_invalid_argument(
+    stub: pb_grpc.OptiServeStub, value: str, kind: str
+) -> None:
+    """Was INTERNAL (jsonschema's validator_for: TypeError for a list or an object,
+    AttributeError for a boolean or a number). Found by the fuzzing with a random seed."""
+    request = pb.GenerateRequest(
+        prompt="hi", response_format=pb.ResponseFormat(json_schema=f'{{"$schema": {value}}}')
+    )
+    error = _error(lambda: stub.Generate(request, timeout=TIMEOUT_S))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert (
+        "response_format.json_schema's $schema must be a string, the URI of a JSON Schema "
+        f'metaschema such as "https://json-schema.org/draft/2020-12/schema", got a JSON {kind}'
+    ) in (error.details() or "")
 
 
 def test_json_schema_at_the_depth_limit_is_checked(stub: pb_grpc.OptiServeStub) -> None:
@@ -713,22 +755,6 @@ def test_benchmark_grid_is_counted_before_it_is_built(stub: pb_grpc.OptiServeStu
         info.value.details() or ""
     )
     assert time.monotonic() - started < 10
-
-
-LONG_NAME = "m" * 20_000
-
-
-def _error(call: Callable[[], Any]) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    return info.value
-
-
-def _short_invalid_argument(error: grpc.RpcError, needle: str) -> None:
-    details = error.details() or ""
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, details[:500]
-    assert needle in details, details[:500]
-    assert len(details) < 1_000, details[:500]
 
 
 def test_long_model_name_is_invalid_argument(stub: pb_grpc.OptiServeStub) -> None:

@@ -105,6 +105,14 @@ def validate_json_schema(schema: str) -> None:
         )
     if _depth(document) > MAX_SCHEMA_DEPTH:
         raise too_deep
+    if "$schema" in document and not isinstance(document["$schema"], str):
+        # jsonschema's validator_for looks it up as is: a list is unhashable, a number has
+        # no .decode (TypeError, AttributeError).
+        raise InvalidRequest(
+            "response_format.json_schema's $schema must be a string, the URI of a JSON "
+            'Schema metaschema such as "https://json-schema.org/draft/2020-12/schema", got '
+            f"a JSON {_json_kind(document['$schema'])}; it must be {allowed}"
+        )
     try:
         validator_for(document).check_schema(document)
     except RecursionError:
@@ -143,6 +151,8 @@ def _depth(document: object) -> int:
 
 
 def _json_kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "object"
     if isinstance(value, list):
         return "array"
     if isinstance(value, str):
