@@ -22,13 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import resource
 import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -48,12 +46,7 @@ from optiserve.models.local.backend import LocalHFBackend
 from optiserve_client import AsyncClient, Client, InternalError
 from optiserve_client.v1 import optiserve_pb2 as pb
 from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from server_process import free_port, serve_process
 
 
 def _scrape(port: int) -> dict[str, float]:
@@ -103,7 +96,7 @@ def _serve(
 ) -> Served:
     """Start a server subprocess with the ledger on (and the cache's exact layer, persisted,
     when ``cache``), and wait until it takes connections."""
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     config = conf_dir / f"optiserve-{port}.toml"
     config.write_text(
         f'data_dir = "{data_dir}"\n'
@@ -115,12 +108,7 @@ def _serve(
         f"{extra}"
         f'[[models]]\nname = "tiny"\nsource = "{tiny_model_dir}"\nmax_new_tokens_cap = 480\n'
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "optiserve", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = serve_process(config)
     served = Served(proc, port, metrics_port, data_dir)
 
     def read() -> None:
@@ -485,7 +473,7 @@ class ForwardHook:
 def hooked(make_config: Callable[..., Config]) -> Iterator[tuple[ServerThread, ForwardHook, int]]:
     """A server (metrics on) whose model's forward goes through a :class:`ForwardHook`; the
     idle scheduler waits up to 0.3 s to batch a burst."""
-    metrics_port = _free_port()
+    metrics_port = free_port()
     config = make_config(server={"metrics_port": metrics_port})
     config = replace(config, engine=replace(config.engine, max_wait_ms=300.0, max_batch_size=8))
     thread = ServerThread(config)
