@@ -32,11 +32,13 @@ from hypothesis.control import currently_in_test_context
 
 from optiserve.app import ServerThread
 from optiserve.benchmarking.config import BenchmarkConfig
-from optiserve.config import Config
+from optiserve.config import Config, ModelConfig
 from optiserve.models.local.quantize.config import QuantizeConfig
+from optiserve.models.remote.config import ProviderConfig
 from optiserve_client import Client
 from optiserve_client.v1 import optiserve_pb2 as pb
 from optiserve_client.v1 import optiserve_pb2_grpc as pb_grpc
+from providers.mock_provider import MockProvider, Reply
 
 SERVICE = "/optiserve.v1.OptiServe/"
 #: Every status a fuzzed request may end with besides OK.
@@ -48,6 +50,8 @@ ALLOWED = {
     grpc.StatusCode.OUT_OF_RANGE,
     grpc.StatusCode.PERMISSION_DENIED,
     grpc.StatusCode.UNAUTHENTICATED,
+    # A remote model's answer (the mock provider's) that does not match a fuzzed schema.
+    grpc.StatusCode.UNAVAILABLE,
 }
 #: Calls made with a short deadline on purpose (Benchmark) may also run out of time.
 SHORT = ALLOWED | {grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -78,12 +82,60 @@ def _still_serving(target: str) -> None:
 
 
 @pytest.fixture(scope="module")
+def mock() -> Iterator[MockProvider]:
+    """OpenAI and Anthropic on loopback: the remote models' structured-output path."""
+    with MockProvider(record=False) as provider:
+        provider.default_reply = Reply.ok('{"answer": "yes"}')
+        yield provider
+
+
+#: Remote models (through the mock provider): structured output, prices, budgets.
+REMOTE = ["mini", "haiku"]
+
+
+def _remote(name: str, source: str, provider: str) -> ModelConfig:
+    return ModelConfig(
+        name=name,
+        source=source,
+        provider=provider,
+        context_length=128_000,
+        tier="cheap",
+        input_price_per_mtok=0.15,
+        output_price_per_mtok=0.60,
+    )
+
+
+@pytest.fixture(scope="module")
 def fuzz_server(
-    make_config: Callable[..., Config], tmp_path_factory: pytest.TempPathFactory
+    make_config: Callable[..., Config],
+    tmp_path_factory: pytest.TempPathFactory,
+    mock: MockProvider,
 ) -> Iterator[ServerThread]:
     """One server for the module, checked serving when the module is done."""
+    base = make_config(cache={"enabled": True})
     config = replace(
-        make_config(cache={"enabled": True}),
+        base,
+        models=(
+            *base.models,
+            _remote("mini", "gpt-4o-mini", "oai"),
+            _remote("haiku", "claude-haiku", "ant"),
+        ),
+        providers=(
+            ProviderConfig(
+                name="oai",
+                kind="openai",
+                base_urls=(mock.openai_base_url,),
+                api_key="k",
+                max_retries=0,
+            ),
+            ProviderConfig(
+                name="ant",
+                kind="anthropic",
+                base_urls=(mock.anthropic_base_url,),
+                api_key="k",
+                max_retries=0,
+            ),
+        ),
         # Every check of a Quantize request runs; one that passes them all is refused
         # for disk room, so no job starts.
         quantize=QuantizeConfig(
@@ -227,6 +279,17 @@ def _json_value() -> st.SearchStrategy[Any]:
 
 _SCHEMAS = [
     '{"type": "object"}',
+    '{"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}',
+    '{"type": "object", "title": "\\ud800"}',
+    '{"type": "object", "properties": {"a": {"const": "\\udc00"}}}',
+    '{"type": "object", "minimum": NaN}',
+    '{"maximum": Infinity}',
+    '{"$ref": "#/definitions/x"}',
+    '{"$ref": "http://127.0.0.1:9/x.json"}',
+    '{"$ref": "#nowhere"}',
+    '{"$defs": {"a": {"type": "object"}}, "$ref": "#/$defs/a"}',
+    '{"$defs": {"a": {"$anchor": "here", "type": "object"}}, "$ref": "#here"}',
+    '{"$dynamicRef": "http://127.0.0.1:9/y"}',
     '{"type": "\\ud800"}',
     '{"\\udfff": 1}',
     '{"pattern": "\\ud800("}',
@@ -293,10 +356,11 @@ def generate_requests(draw: st.DrawFn) -> pb.GenerateRequest:
         return part in ("all", name)
 
     msg = pb.GenerateRequest()
+    msg.model = draw(st.sampled_from(["", "tiny", *REMOTE]))
     if fuzzed("ids"):
         request_ids = st.sampled_from(["", "abc-123", "~" * 128, "x" * 129, "a b"])
         _set(msg, "request_id", draw(_mostly(st.one_of(st.none(), request_ids), SHORT_TEXT)))
-        _set(msg, "model", draw(_mostly(st.sampled_from([None, "tiny"]), MODEL)))
+        msg.model = draw(_mostly(st.sampled_from(["", "tiny", *REMOTE]), MODEL))
     if not fuzzed("text"):
         msg.prompt = draw(st.sampled_from(["hi", "What is FAISS?", "Hello, world"]))
     else:
@@ -338,6 +402,7 @@ def generate_requests(draw: st.DrawFn) -> pb.GenerateRequest:
         _set(msg.budget, "min_quality", draw(_unit(DOUBLE)))
     if fuzzed("schema"):
         msg.response_format.json_schema = draw(JSON_SCHEMA)
+        msg.model = draw(st.sampled_from(["tiny", *REMOTE, *REMOTE]))
     if fuzzed("enums"):
         msg.compression = draw(_enum([0, 1, 2]))
     return msg
@@ -721,6 +786,96 @@ def test_json_schema_with_a_non_string_dollar_schema_is_invalid_argument(
         "response_format.json_schema's $schema must be a string, the URI of a JSON Schema "
         f'metaschema such as "https://json-schema.org/draft/2020-12/schema", got a JSON {kind}'
     ) in (error.details() or "")
+
+
+@pytest.mark.parametrize("model", REMOTE)
+@pytest.mark.parametrize(
+    ("schema", "needle"),
+    [
+        (
+            '{"type": "object", "title": "\\ud800"}',
+            "response_format.json_schema holds a string with a lone surrogate ('\\ud800'); "
+            "use valid Unicode",
+        ),
+        ('{"\\udfff": {}}', "holds a key with a lone surrogate ('\\udfff')"),
+        ('{"enum": ["\\udc00"]}', "holds a string with a lone surrogate"),
+        (
+            '{"type": "object", "minimum": NaN}',
+            "response_format.json_schema holds NaN, which is not JSON (numbers must be finite)",
+        ),
+        ('{"maximum": -Infinity}', "holds -Infinity, which is not JSON"),
+        (
+            '{"$ref": "#/definitions/x"}',
+            "has $ref '#/definitions/x', which points to nothing in the document",
+        ),
+        (
+            '{"$ref": "http://127.0.0.1:9/x.json"}',
+            "has $ref 'http://127.0.0.1:9/x.json', which is not a local reference; the server "
+            'fetches no schemas: put the definition under "$defs" and refer to it as '
+            '"#/$defs/<name>"',
+        ),
+        (
+            '{"$ref": "#nowhere"}',
+            'has $ref \'#nowhere\', but no "$anchor" or "$dynamicAnchor" in the document is named '
+            "'nowhere'",
+        ),
+        (
+            '{"$ref": "#"}',
+            "response_format.json_schema's references loop: a $ref leads back to itself "
+            "without any instance in between",
+        ),
+        ('{"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}', "references loop"),
+    ],
+    ids=[
+        "surrogate",
+        "surrogate-key",
+        "surrogate-enum",
+        "nan",
+        "infinity",
+        "pointer",
+        "remote",
+        "anchor",
+        "loop",
+        "loop-defs",
+    ],
+)
+def test_json_schema_a_provider_cannot_take_is_invalid_argument(
+    stub: pb_grpc.OptiServeStub, model: str, schema: str, needle: str
+) -> None:
+    """Were INTERNAL on remote models, after the checks: encoding the provider request
+    (UnicodeEncodeError for a lone surrogate, ValueError for NaN/Infinity: httpx sends
+    strict JSON), or checking the answer (jsonschema's unresolvable $ref, a remote $ref
+    even fetched from wherever it pointed; RecursionError for a $ref loop)."""
+    request = pb.GenerateRequest(
+        prompt="hi", model=model, response_format=pb.ResponseFormat(json_schema=schema)
+    )
+    for call in (
+        lambda: stub.Generate(request, timeout=TIMEOUT_S),
+        lambda: list(stub.StreamGenerate(request, timeout=TIMEOUT_S)),
+    ):
+        error = _error(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        assert needle in (error.details() or ""), error.details()
+
+
+@pytest.mark.parametrize("model", REMOTE)
+@pytest.mark.parametrize(
+    "schema",
+    [
+        '{"$defs": {"a": {"type": "object"}}, "$ref": "#/$defs/a"}',
+        '{"$defs": {"a": {"$anchor": "here", "type": "object"}}, "$ref": "#here"}',
+        '{"type": "object", "properties": {"answer": {"type": "string"}, "more": {"$ref": "#"}}}',
+        '{"type": "object", "enum": [{"answer": "yes"}, {"$ref": "http://x"}]}',
+    ],
+    ids=["pointer", "anchor", "recursive", "ref-in-data"],
+)
+def test_json_schema_with_local_references_is_served(
+    stub: pb_grpc.OptiServeStub, model: str, schema: str
+) -> None:
+    request = pb.GenerateRequest(
+        prompt="hi", model=model, response_format=pb.ResponseFormat(json_schema=schema)
+    )
+    assert json.loads(stub.Generate(request, timeout=TIMEOUT_S).text) == {"answer": "yes"}
 
 
 def test_json_schema_at_the_depth_limit_is_checked(stub: pb_grpc.OptiServeStub) -> None:

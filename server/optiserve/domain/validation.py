@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
+from urllib.parse import unquote
 
 from jsonschema.exceptions import SchemaError
 from jsonschema.validators import validator_for
+from referencing.exceptions import Unresolvable
 
 from optiserve.domain.errors import InvalidRequest
 from optiserve.domain.types import GenerateRequest
@@ -90,9 +93,14 @@ def validate_json_schema(schema: str) -> None:
         f"{MAX_SCHEMA_DEPTH} levels are allowed; it must be {allowed}"
     )
     try:
-        document = json.loads(schema)
+        document = json.loads(schema, parse_constant=_not_json)
     except RecursionError:
         raise too_deep from None
+    except _NotJson as exc:
+        raise InvalidRequest(
+            f"response_format.json_schema holds {exc}, which is not JSON (numbers must be "
+            f"finite); it must be {allowed}"
+        ) from None
     except ValueError as exc:
         raise InvalidRequest(
             f"response_format.json_schema is not valid JSON ({_cut(str(exc))}); it must be "
@@ -123,6 +131,143 @@ def validate_json_schema(schema: str) -> None:
             f"response_format.json_schema is not a valid JSON Schema: {_cut(exc.message)} "
             f"(at {_cut(where)}); it must be {allowed}"
         ) from None
+    problem = _content_problem(document)
+    if problem:
+        raise InvalidRequest(f"response_format.json_schema {problem}; it must be {allowed}")
+    try:  # what a model's answer will be checked with: its references must resolve
+        validator = validator_for(document)(document)
+        samples: tuple[Any, ...] = ({}, [], "", 0, None, True)
+        for sample in samples:
+            validator.is_valid(sample)
+    except RecursionError:
+        raise InvalidRequest(
+            "response_format.json_schema's references loop: a $ref leads back to itself "
+            'without any instance in between (e.g. {"$ref": "#"}); it must be ' + allowed
+        ) from None
+    except Unresolvable as exc:
+        raise InvalidRequest(
+            f"response_format.json_schema has a $ref that cannot be resolved "
+            f"({_cut(str(exc))}); it must be {allowed}"
+        ) from None
+
+
+class _NotJson(ValueError):
+    """NaN, Infinity or -Infinity: Python's json reads them, JSON has no such numbers."""
+
+
+def _not_json(constant: str) -> object:
+    raise _NotJson(constant)
+
+
+#: Keywords whose values are data, not schemas: a "$ref" inside them is not a reference.
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples", "example"})
+
+
+def _content_problem(document: dict[str, object]) -> str:
+    """What, in a schema the metaschema accepts, a provider request or the answer's check
+    would still fail on ("" when nothing): a string that is not Unicode text (a lone
+    surrogate escape such as \\ud800 cannot be encoded as UTF-8), or a ``$ref`` that is
+    not a local reference to a part of the document (the server fetches no schemas)."""
+    stack: list[object] = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if not _is_text(value):
+                return f"holds a string with a lone surrogate ({shown(value)}); use valid Unicode"
+            continue
+        if isinstance(value, list):
+            stack.extend(value)
+            continue
+        if not isinstance(value, dict):
+            continue
+        for key, child in value.items():
+            if not _is_text(key):
+                return f"holds a key with a lone surrogate ({shown(key)}); use valid Unicode"
+            if key in _DATA_KEYWORDS:
+                # Its strings are sent to providers too (surrogates kept to be found).
+                stack.append(json.dumps(child, ensure_ascii=False))
+                continue
+            if key in ("$ref", "$dynamicRef") and isinstance(child, str):
+                problem = _ref_problem(document, key, child)
+                if problem:
+                    return problem
+            stack.append(child)
+    return ""
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _ref_problem(document: dict[str, object], key: str, ref: str) -> str:
+    if not ref.startswith("#"):
+        return (
+            f"has {key} {shown(ref)}, which is not a local reference; the server fetches no "
+            'schemas: put the definition under "$defs" and refer to it as "#/$defs/<name>"'
+        )
+    if _has_nested_id(document):
+        return ""  # pointers and anchors relative to a nested resource: the validator's
+    if ref == "#":
+        return ""
+    if not ref.startswith("#/"):
+        anchor = unquote(ref[1:])
+        if anchor in _anchors(document):
+            return ""
+        return (
+            f'has {key} {shown(ref)}, but no "$anchor" or "$dynamicAnchor" in the document is '
+            f"named {shown(anchor)}"
+        )
+    node: object = document
+    for raw in ref[2:].split("/"):
+        part = unquote(raw).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return f"has {key} {shown(ref)}, which points to nothing in the document"
+    return ""
+
+
+def _anchors(document: dict[str, object]) -> set[str]:
+    """The anchor names the document declares ("$anchor", "$dynamicAnchor", or an older
+    draft's "$id"/"id" of the form "#name")."""
+    names: set[str] = set()
+    stack: list[object] = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            for key in ("$anchor", "$dynamicAnchor"):
+                if isinstance(value.get(key), str):
+                    names.add(value[key])
+            for key in ("$id", "id"):
+                if isinstance(value.get(key), str) and value[key].startswith("#"):
+                    names.add(value[key][1:])
+            stack.extend(v for k, v in value.items() if k not in _DATA_KEYWORDS)
+    return names
+
+
+def _has_nested_id(document: dict[str, object]) -> bool:
+    """Whether a subschema declares its own ``$id`` (or ``id``): its pointers are relative
+    to it, not to the document."""
+    stack: list[object] = [v for k, v in document.items() if k not in _DATA_KEYWORDS]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            for key in ("$id", "id"):
+                nested = value.get(key)
+                if isinstance(nested, str) and not nested.startswith("#"):
+                    return True
+            stack.extend(v for k, v in value.items() if k not in _DATA_KEYWORDS)
+    return False
 
 
 def _cut(text: str, limit: int = 4 * QUOTE_CHARS) -> str:

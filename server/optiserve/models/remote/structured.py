@@ -60,9 +60,14 @@ class AnswerSchema:
         raw = answer or ("{}" if tool_input else "")
         try:
             instance = json.loads(raw)
+        except RecursionError:
+            return answer, "the answer nests arrays and objects too deeply to check"
         except ValueError as exc:
             return answer, f"the answer is not JSON ({exc})"
-        error = best_match(self.validator.iter_errors(instance))
+        try:
+            error = best_match(self.validator.iter_errors(instance))
+        except RecursionError:  # validate_json_schema refuses loops it can find; not all
+            return answer, "checking the answer against the schema does not end ($ref loop)"
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "(root)"
             return answer, f"{error.message} (at {where})"
