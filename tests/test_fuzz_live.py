@@ -805,6 +805,10 @@ def test_json_schema_with_a_non_string_dollar_schema_is_invalid_argument(
         ),
         ('{"maximum": -Infinity}', "holds -Infinity, which is not JSON"),
         (
+            '{"minimum": 1e999}',
+            "holds 1e999 (out of a double's range), which is not JSON (numbers must be finite)",
+        ),
+        (
             '{"$ref": "#/definitions/x"}',
             "has $ref '#/definitions/x', which points to nothing in the document",
         ),
@@ -832,6 +836,7 @@ def test_json_schema_with_a_non_string_dollar_schema_is_invalid_argument(
         "surrogate-enum",
         "nan",
         "infinity",
+        "overflow",
         "pointer",
         "remote",
         "anchor",

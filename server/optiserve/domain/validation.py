@@ -93,7 +93,7 @@ def validate_json_schema(schema: str) -> None:
         f"{MAX_SCHEMA_DEPTH} levels are allowed; it must be {allowed}"
     )
     try:
-        document = json.loads(schema, parse_constant=_not_json)
+        document = json.loads(schema, parse_constant=_not_json, parse_float=_finite)
     except RecursionError:
         raise too_deep from None
     except _NotJson as exc:
@@ -157,6 +157,15 @@ class _NotJson(ValueError):
 
 def _not_json(constant: str) -> object:
     raise _NotJson(constant)
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float; 1e999 and the like overflow to infinity, which JSON (and
+    the provider request it would go into) cannot hold."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotJson(f"{_cut(text, QUOTE_CHARS)} (out of a double's range)")
+    return value
 
 
 #: Keywords whose values are data, not schemas: a "$ref" inside them is not a reference.
