@@ -8,6 +8,11 @@ Benchmark (BenchmarkRequest), ListModels (ListModelsRequest), GetUsage (GetUsage
 plus raw wire bytes to every method (random bytes, and well-formed wire records with wrong
 wire types, unknown fields, invalid UTF-8 in string fields, malformed nested messages).
 
+The server serves the tiny local model and two remote ones (OpenAI and Anthropic through
+the mock provider, which answers '{"answer": "yes"}'), so response_format.json_schema also
+reaches the providers' structured output and the answer's check; an answer that does not
+match a fuzzed schema is UNAVAILABLE, which the property allows.
+
 The server is set up so fuzzed inputs stay cheap: generations are a few tokens, a Quantize
 request that passes every check is refused for disk room (quantize.min_free_bytes is
 huge) so no job ever starts, and a Benchmark workload that passes may send at most two
