@@ -145,6 +145,14 @@ BAD_FILES = [
         "models[1].name 'a' is already the name of models[0]",
     ),
     ('[[models]]\nname = "a"\nsource = "x"\ncolour = 1\n', "models[0].colour: unknown key"),
+    (
+        f'[[models]]\nname = "{"m" * 257}"\nsource = "x"\n',
+        "models[0].name must be at most 256 characters",
+    ),
+    (
+        f'[[models]]\nname = "a"\nsource = "x"\n[[routes]]\nname = "{"r" * 257}"\nmodels = ["a"]\n',
+        "routes[0].name must be at most 256 characters",
+    ),
     ("models = [1]\n", "models[0]: expected a table of settings, got 1"),
     ('models = "a"\n', "models: expected an array of tables ([[models]])"),
     ('default_model = "z"\n[[models]]\nname = "a"\nsource = "x"\n', "default_model 'z' is not"),

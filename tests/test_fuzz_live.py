@@ -970,15 +970,10 @@ def test_long_values_are_quoted_short(stub: pb_grpc.OptiServeStub) -> None:
     )
 
 
-@pytest.mark.xfail(
-    reason="GetUsage quotes an unknown model's whole name (models/catalogue.py), and no "
-    "check in the files this test's fixes may touch sees GetUsage's request; the general "
-    "fix is to cap status messages where errors become statuses (rpc/interceptors.py)",
-    strict=False,
-)
 def test_get_usage_long_model_name(stub: pb_grpc.OptiServeStub) -> None:
     error = _error(lambda: stub.GetUsage(pb.GetUsageRequest(model=LONG_NAME), timeout=TIMEOUT_S))
-    assert error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "names are at most 256 characters" in (error.details() or "")
     assert len(error.details() or "") < 1_000
 
 

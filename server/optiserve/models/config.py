@@ -10,6 +10,7 @@ from typing import Literal
 from optiserve.domain.pricing import Prices
 from optiserve.domain.settings import at_least, between, check, require
 from optiserve.domain.types import Tier
+from optiserve.domain.validation import MAX_NAME_CHARS
 
 #: ``source`` value that selects the built-in demo model.
 DEMO_SOURCE = "demo"
@@ -63,6 +64,11 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         require(bool(self.name.strip()), "name", "must not be empty")
+        require(
+            len(self.name) <= MAX_NAME_CHARS,
+            "name",
+            f"must be at most {MAX_NAME_CHARS} characters (requests name it)",
+        )
         require(bool(self.source.strip()), "source", "must not be empty")
         require(
             _DEVICE.fullmatch(self.device) is not None,

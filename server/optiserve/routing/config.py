@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from optiserve.domain.settings import at_least, between, check, require
+from optiserve.domain.validation import MAX_NAME_CHARS
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,11 @@ class RouteConfig:
 
     def __post_init__(self) -> None:
         require(bool(self.name.strip()), "name", "must not be empty")
+        require(
+            len(self.name) <= MAX_NAME_CHARS,
+            "name",
+            f"must be at most {MAX_NAME_CHARS} characters (requests name it)",
+        )
         require(bool(self.models), "models", "must name at least one model")
         check(
             self,

@@ -26,6 +26,8 @@ from optiserve.rpc.request_ids import RequestIdInterceptor, current_request_id
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_KEY = "retry-after-s"
+#: Longest status message sent (it travels in a header; clients refuse large ones).
+MAX_MESSAGE_CHARS = 2000
 
 
 def server_interceptors(
@@ -92,6 +94,8 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
         log.exception(
             "unhandled error", extra={"method": method, "request_id": current_request_id.get()}
         )
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = f"{message[:MAX_MESSAGE_CHARS]}... (cut from {len(message)} characters)"
     await context.abort(getattr(grpc.StatusCode, code_name), message)
 
 

@@ -11,6 +11,7 @@ import grpc
 from optiserve.benchmarking.benchmarker import Benchmarker
 from optiserve.domain.errors import InvalidRequest, OptiserveError, Unimplemented
 from optiserve.domain.types import GenerateRequest, ResponseSummary, TextDelta
+from optiserve.domain.validation import check_name
 from optiserve.quantizing import Quantizer
 from optiserve.rpc import convert, convert_benchmark
 from optiserve.rpc.auth import current_principal, unverified_key
@@ -144,4 +145,5 @@ class OptiServeServicer(pb_grpc.OptiServeServicer):  # type: ignore[misc]
         self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetUsageResponse:
         """Measured usage since start."""
+        check_name("model", request.model)
         return convert.usage_report_to_proto(self._service.usage(request.model))

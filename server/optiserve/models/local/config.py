@@ -23,8 +23,9 @@ class EngineConfig:
       ``QueueFull`` (RESOURCE_EXHAUSTED).
     * ``max_queue_delay_s``: a request that would likely wait longer than this for a slot
       (its place in the queue over the sequences the model completed per second of work
-      in the last 10 s, idle time not counted) is refused at once with ``QueueFull``, so an overloaded model keeps the latency
-      of the requests it admits bounded; 0 = only ``max_queue`` bounds the queue.
+      in the last 10 s, idle time not counted) is refused at once with ``QueueFull``, so
+      an overloaded model keeps the latency of the requests it admits bounded; 0 = only
+      ``max_queue`` bounds the queue.
     * ``max_prefill_tokens``: padded prompt tokens (rows x longest prompt) prefilled in one
       step at most; a burst is admitted over several steps, each followed by a decode step
       of the running rows, so the first arrivals get their first token sooner and running
