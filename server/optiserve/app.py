@@ -256,12 +256,13 @@ class OptiserveApp:
                 ) from exc
         if self.port == 0:
             raise OSError(f"cannot listen on {address} (in use or not allowed)")
-        await server.start()
-        self._server = server
+        # Metrics first, so whoever sees the gRPC port open can scrape them too.
         if cfg.metrics_port:
             self._metrics_server = start_http_server(
                 cfg.metrics_port, addr=cfg.host, registry=self.registry
             )
+        await server.start()
+        self._server = server
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving",
