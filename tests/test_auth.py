@@ -5,8 +5,6 @@ and the key never in a log line or an error message."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +16,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from live_helpers import create_key
+from live_helpers import keys_config as config_with_keys
 from optiserve.app import ServerThread
 from optiserve.auth_keys import AuthConfig, UnsafeListenAddress
 from optiserve.cli import main
@@ -38,29 +38,18 @@ class Keys:
     revoked: str
 
 
-def _create(config: Path, *args: str) -> tuple[str, str]:
-    """`optiserve keys create`: (the key, its id)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        assert main(["keys", "create", "--config", str(config), *args]) == 0
-    return out.getvalue().strip(), err.getvalue().split("created key ", 1)[1].split()[0]
-
-
 @pytest.fixture(scope="module")
 def keys_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("auth")
-    path = root / "optiserve.toml"
-    path.write_text(f'[auth]\nkeys_file = "{root / "keys.json"}"\n')
-    return path
+    return config_with_keys(tmp_path_factory.mktemp("auth"))
 
 
 @pytest.fixture(scope="module")
 def keys(keys_config: Path) -> Keys:
-    plain, plain_id = _create(keys_config, "--tenant", "acme")
-    scoped, _ = _create(
+    plain, plain_id = create_key(keys_config, "--tenant", "acme")
+    scoped, _ = create_key(
         keys_config, "--tenant", "lab", "--scope", "quantize", "--scope", "benchmark"
     )
-    revoked, revoked_id = _create(keys_config, "--tenant", "gone")
+    revoked, revoked_id = create_key(keys_config, "--tenant", "gone")
     assert main(["keys", "revoke", revoked_id, "--config", str(keys_config)]) == 0
     return Keys(keys_config, plain, plain_id, scoped, revoked)
 
@@ -187,7 +176,7 @@ def test_the_key_tenant_is_accounted(auth_server: ServerThread, keys: Keys) -> N
 
 
 def test_a_revocation_takes_effect_without_a_restart(auth_server: ServerThread, keys: Keys) -> None:
-    key, key_id = _create(keys.config, "--tenant", "temp")
+    key, key_id = create_key(keys.config, "--tenant", "temp")
     time.sleep(1.1)  # the store looks at the file at most once a second
     with Client(auth_server.target, api_key=key, timeout=60) as client:
         assert client.list_models()

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from live_helpers import progress_and_report
 from optiserve.app import ServerThread
 from optiserve.benchmarking.config import BenchmarkConfig
 from optiserve.config import (
@@ -82,16 +83,8 @@ def bserver(
 
 
 def _run(target: str, request: pb.BenchmarkRequest) -> tuple[list[pb.Progress], pb.BenchmarkReport]:
-    progress: list[pb.Progress] = []
-    report = None
     with Client(target, timeout=300) as client:
-        for event in client.benchmark(request):
-            if event.HasField("progress"):
-                progress.append(event.progress)
-            else:
-                report = event.report
-    assert report is not None
-    return progress, report
+        return progress_and_report(client.benchmark(request))
 
 
 def _consistent(p: pb.BenchmarkPoint) -> None:

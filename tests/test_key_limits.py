@@ -16,6 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from live_helpers import create_key
+from live_helpers import keys_config as config_with_keys
 from optiserve.app import ServerThread
 from optiserve.auth_keys import AuthConfig, read_keys_file
 from optiserve.cli import main
@@ -147,20 +149,9 @@ def test_bad_limits_are_refused_with_the_key(tmp_path: Path) -> None:
 # --- through a real server --------------------------------------------------------------
 
 
-def _create(config: Path, *args: str) -> tuple[str, str]:
-    """`optiserve keys create`: (the key, its id)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        assert main(["keys", "create", "--config", str(config), *args]) == 0
-    return out.getvalue().strip(), err.getvalue().split("created key ", 1)[1].split()[0]
-
-
 @pytest.fixture(scope="module")
 def keys_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("limits")
-    path = root / "optiserve.toml"
-    path.write_text(f'[auth]\nkeys_file = "{root / "keys.json"}"\n')
-    return path
+    return config_with_keys(tmp_path_factory.mktemp("limits"))
 
 
 @pytest.fixture(scope="module")
@@ -168,12 +159,12 @@ def limited(
     make_config: Callable[..., Config], keys_config: Path
 ) -> Iterator[tuple[ServerThread, dict[str, str]]]:
     keys = {
-        "slow": _create(keys_config, "--tenant", "slow", "--requests-per-s", "0.5", "--burst", "2")[
-            0
-        ],
-        "frugal": _create(keys_config, "--tenant", "frugal", "--tokens-per-min", "60")[0],
-        "one_stream": _create(keys_config, "--tenant", "streamer", "--max-streams", "1")[0],
-        "free": _create(keys_config, "--tenant", "free")[0],
+        "slow": create_key(
+            keys_config, "--tenant", "slow", "--requests-per-s", "0.5", "--burst", "2"
+        )[0],
+        "frugal": create_key(keys_config, "--tenant", "frugal", "--tokens-per-min", "60")[0],
+        "one_stream": create_key(keys_config, "--tenant", "streamer", "--max-streams", "1")[0],
+        "free": create_key(keys_config, "--tenant", "free")[0],
     }
     keys_file = keys_config.read_text().split('"')[1]
     config = replace(
@@ -281,7 +272,7 @@ def test_a_cancelled_stream_is_charged_what_it_used(
     limited: tuple[ServerThread, dict[str, str]], keys_config: Path
 ) -> None:
     server, _ = limited
-    key, _ = _create(keys_config, "--tenant", "canceller", "--tokens-per-min", "60")
+    key, _ = create_key(keys_config, "--tenant", "canceller", "--tokens-per-min", "60")
     time.sleep(1.1)  # the server re-reads the keys file at most once a second
     with grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.OptiServeStub(channel)
@@ -350,8 +341,8 @@ def test_callers_without_a_key_share_the_default_limits(
 
 def test_keys_list_shows_each_keys_limits(keys_config: Path) -> None:
     out = io.StringIO()
-    _create(keys_config, "--tenant", "listed", "--requests-per-s", "2.5", "--max-streams", "3")
-    _create(keys_config, "--tenant", "unlimited")
+    create_key(keys_config, "--tenant", "listed", "--requests-per-s", "2.5", "--max-streams", "3")
+    create_key(keys_config, "--tenant", "unlimited")
     with contextlib.redirect_stdout(out):
         assert main(["keys", "list", "--config", str(keys_config), "--json"]) == 0
     rows = {r["tenant"]: r for r in json.loads(out.getvalue())}

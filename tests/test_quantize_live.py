@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from live_helpers import progress_and_report
 from optiserve.app import ServerThread
 from optiserve.config import Config
 from optiserve.models.config import ModelConfig
@@ -47,16 +48,8 @@ def qserver(make_config: Callable[..., Config], models_dir: Path) -> Iterator[Se
 
 
 def _run(target: str, request: pb.QuantizeRequest) -> tuple[list[pb.Progress], pb.QuantizeReport]:
-    progress: list[pb.Progress] = []
-    report = None
     with Client(target, timeout=600) as client:
-        for event in client.quantize(request):
-            if event.HasField("progress"):
-                progress.append(event.progress)
-            else:
-                report = event.report
-    assert report is not None
-    return progress, report
+        return progress_and_report(client.quantize(request))
 
 
 def _code(target: str, request: pb.QuantizeRequest) -> tuple[grpc.StatusCode, str]:

@@ -271,24 +271,18 @@ class Client:
     ) -> Iterator[pb.QuantizeEvent]:
         """Quantize a local model: progress events, then one with the report. Build the
         request with :func:`build_quantize_request`."""
-        call = self._stub.Quantize(
-            request, timeout=timeout or self._timeout, metadata=self._metadata
-        )
-        try:
-            yield from call
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
-        finally:
-            call.cancel()
+        return self._events(self._stub.Quantize, request, timeout)
 
     def benchmark(
         self, request: pb.BenchmarkRequest, *, timeout: float | None = None
     ) -> Iterator[pb.BenchmarkEvent]:
         """Run a benchmark inside the server: progress events, then one with the report.
         Closing the iterator (or an exception in the loop) cancels the run."""
-        call = self._stub.Benchmark(
-            request, timeout=timeout or self._timeout, metadata=self._metadata
-        )
+        return self._events(self._stub.Benchmark, request, timeout)
+
+    def _events(self, method: Any, request: Any, timeout: float | None) -> Iterator[Any]:
+        """The messages of a server-streaming job call; closing the iterator cancels it."""
+        call = method(request, timeout=timeout or self._timeout, metadata=self._metadata)
         try:
             yield from call
         except grpc.RpcError as exc:

@@ -30,6 +30,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from optiserve.models.local.metrics import LATENCY_BUCKETS
 from optiserve.rpc.call_record import CallRecord, current_call
 from optiserve.rpc.handlers import Call, wrap_handler
 from optiserve.rpc.limits import COUNTED_PREFIX
@@ -40,25 +41,7 @@ from optiserve_client.v1 import optiserve_pb2 as pb
 access_log = logging.getLogger("optiserve.access")
 
 #: Seconds: from a cache hit (~1 ms) to a Quantize or Benchmark run (minutes).
-_BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    300.0,
-    1800.0,
-)
+_BUCKETS = (*LATENCY_BUCKETS, 60.0, 300.0, 1800.0)
 #: Characters of a logged prompt (each message's content alike), when prompts are logged.
 PROMPT_LOG_CHARS = 4096
 _CODES = {code.value[0]: code.name for code in grpc.StatusCode}

@@ -12,7 +12,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-_LATENCY_BUCKETS = (
+#: Seconds, for every latency histogram (the RPC histogram extends it to minutes).
+LATENCY_BUCKETS = (
     0.001,
     0.0025,
     0.005,
@@ -79,21 +80,21 @@ class SchedulerMetrics:
             prefix + "time_to_first_token_seconds",
             "Submit to first token.",
             labels,
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.inter_token = Histogram(
             prefix + "inter_token_latency_seconds",
             "Time between consecutive tokens.",
             labels,
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.queue_wait = Histogram(
             prefix + "queue_wait_seconds",
             "Submit to admission into the batch.",
             labels,
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.step_failures = Counter(
